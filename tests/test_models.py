@@ -110,3 +110,22 @@ def test_bfloat16_compute_keeps_float32_parameters():
     assert y.dtype == jnp.float32
     ref = models.Generator(1, rngs=nnx.Rngs(0))(jnp.full((1, 16, 16, 3), 0.5))
     assert float(jnp.max(jnp.abs(y - ref))) < 0.05
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 9, 11, 5)])
+def test_vgg_max_pool_matches_reduce_window_value_and_gradient(shape):
+    from isnet_jax.models import vgg
+
+    def reference(x):  # XLA's own max pool and its select-and-scatter gradient
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+    rng = np.random.default_rng(0)
+    # Small integers: most windows hold ties, where only the first maximum (row-major) may
+    # take the gradient; odd sizes leave a last row / column outside every window.
+    x = jnp.asarray(rng.integers(0, 3, shape).astype(np.float32))
+    weights = jnp.asarray(rng.standard_normal(reference(x).shape).astype(np.float32))
+    np.testing.assert_array_equal(vgg.max_pool_2x2(x), reference(x))
+    got = jax.grad(lambda x: jnp.sum(vgg.max_pool_2x2(x) * weights))(x)
+    want = jax.grad(lambda x: jnp.sum(reference(x) * weights))(x)
+    assert np.count_nonzero(np.asarray(want)) == weights.size  # one winner per window
+    np.testing.assert_array_equal(got, want)
