@@ -231,13 +231,16 @@ class Trainer:
                 "bad_terms": jnp.zeros((), jnp.int32),
             }
 
-        # Structure from an abstract trace; values from one compiled program that writes them
-        # straight to their shardings (eager init would compile every small initialiser, and
-        # could not place arrays on other hosts' devices).
+        # Structure from an abstract trace; values (only when asked for: a resumed run restores
+        # into the abstract state instead) from one compiled program that writes them straight
+        # to their shardings (eager init would compile every small initialiser, and could not
+        # place arrays on other hosts' devices).
         g, d, _ = nnx.eval_shape(lambda: build_networks(config, with_vgg=False))
         abstract = jax.eval_shape(init)
         self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
-        self.initial_state = jax.jit(init, out_shardings=self.state_sharding)()
+        self.abstract_state = _abstract(abstract, self.state_sharding)
+        self._init = jax.jit(init, out_shardings=self.state_sharding)
+        self._initial_state = None
         vgg = load_vgg(config) if uses_vgg(config) else None
         if vgg is not None:
             vgg_def, vgg_state = nnx.split(vgg)
@@ -262,6 +265,13 @@ class Trainer:
             donate_argnums=(0,),
         )
         self.predict = jax.jit(self._predict, out_shardings=batch_sharding)
+
+    @property
+    def initial_state(self) -> dict[str, Any]:
+        """Freshly initialised training state (compiled and run on first use, then cached)."""
+        if self._initial_state is None:
+            self._initial_state = self._init()
+        return self._initial_state
 
     # The step ------------------------------------------------------------------------------
     def _train_step(self, state, vgg_state, image, mask):
@@ -370,7 +380,11 @@ def _abstract(tree, shardings):
 
 
 def restore_checkpoint(mngr, step: int, state, state_sharding, data_iterator):
-    """Restores every item of ``step`` into the structure of ``state`` (and the iterator)."""
+    """Restores every item of ``step`` into the structure of ``state`` (and the iterator).
+
+    ``state`` may be abstract (``Trainer.abstract_state``): only its structure, shapes and
+    dtypes are used. The non-finite record starts clean, as checkpoints never hold a bad state.
+    """
     import grain
 
     replicated = jax.tree.leaves(state_sharding)[0]
@@ -396,6 +410,8 @@ def restore_checkpoint(mngr, step: int, state, state_sharding, data_iterator):
         new_state[params], new_state[spec] = full.split(nnx.Param, SpectralState)
     new_state["g_opt"], new_state["d_opt"] = restored["g_opt"], restored["d_opt"]
     new_state["step"] = restored["step"]["step"]
+    new_state["bad_step"] = put_global(np.full((), -1, np.int32), state_sharding["bad_step"])
+    new_state["bad_terms"] = put_global(np.zeros((), np.int32), state_sharding["bad_terms"])
     return new_state
 
 
@@ -443,7 +459,7 @@ def _write_png(path: epath.Path, array: np.ndarray) -> None:
 
 
 def _describe(config, mesh, trainer: Trainer) -> None:
-    g_params = sum(x.size for x in jax.tree.leaves(trainer.initial_state["g_params"]))
+    g_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state["g_params"]))
     logging.info(
         "Training %s (blocks=%d, %s G parameters) at %dx%d, global batch %d, %s compute, on %d "
         "%s device(s) in %d process(es), mesh %s.",
@@ -481,13 +497,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # Checkpoints -----------------------------------------------------------------------------
     mngr = checkpoint_manager(workdir, config)
-    state = trainer.initial_state
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("Resuming from the checkpoint of step %d in %s.", latest, mngr.directory)
-        state = restore_checkpoint(mngr, latest, state, trainer.state_sharding, train_iter)
+        state = restore_checkpoint(
+            mngr, latest, trainer.abstract_state, trainer.state_sharding, train_iter
+        )
     else:
         logging.info("No checkpoint in %s: starting from step 0.", mngr.directory)
+        state = trainer.initial_state
     first_step = int(jax.device_get(state["step"]))
 
     # Metrics -------------------------------------------------------------------------------------
