@@ -52,6 +52,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_split = "train"
     config.data.eval_split = "test"
     config.data.num_workers = 2  # grain worker processes per host (0 = in-process)
+    # Resume the data loader where the checkpoint left it (needs the same num_workers and
+    # process count as the run that wrote it). False: the data order restarts from the seed.
+    config.data.resume_position = True
     config.data.prefetch_buffer_size = 2
     # Threads reading and decoding inside each worker (PIL releases the GIL while decoding):
     # 1 overlaps decoding with the hand-over; more only pay with spare cores.

@@ -360,6 +360,8 @@ def save_checkpoint(mngr, state, data_iterator, config) -> None:
     meta = checkpoint.generator_meta(
         config.model.generator, config.model.blocks, source="isnet-jax training"
     )
+    # What the data loader's saved position depends on (checked before a resume).
+    meta["data"] = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
     items = {
         checkpoint.META: ocp.args.JsonSave(meta),
         "g_opt": ocp.args.StandardSave(state["g_opt"]),
@@ -413,6 +415,44 @@ def restore_checkpoint(mngr, step: int, state, state_sharding, data_iterator):
     new_state["bad_step"] = put_global(np.full((), -1, np.int32), state_sharding["bad_step"])
     new_state["bad_terms"] = put_global(np.zeros((), np.int32), state_sharding["bad_terms"])
     return new_state
+
+
+def check_resumable(mngr, step: int, config: ml_collections.ConfigDict) -> bool:
+    """Checks that checkpoint ``step`` can continue under ``config``.
+
+    Raises ``ValueError`` naming the setting to change when the generator differs, or when the
+    data loader's position was saved under another worker or process count (it cannot be
+    restored then). Returns whether to restore that position (``config.data.resume_position``).
+    """
+    restored = mngr.restore(
+        step, args=ocp.args.Composite(**{checkpoint.META: ocp.args.JsonRestore()})
+    )
+    meta = restored[checkpoint.META] or {}
+    where = f"the checkpoint of step {step} in {mngr.directory}"
+    model = (meta.get("generator"), meta.get("blocks"))
+    if model != (config.model.generator, config.model.blocks):
+        raise ValueError(
+            f"{where} holds generator {model[0]!r} with blocks={model[1]}, but this config has "
+            f"{config.model.generator!r} with blocks={config.model.blocks}: set "
+            "--config.model.generator / --config.model.blocks to match, or use a new workdir."
+        )
+    if not config.data.resume_position:
+        logging.warning(
+            "config.data.resume_position is False: the data order restarts from the seed."
+        )
+        return False
+    saved = meta.get("data")  # absent in checkpoints written before it was recorded
+    here = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
+    if saved is not None and saved != here:
+        raise ValueError(
+            f"{where} saved the data loader's position with {saved['num_workers']} worker(s) "
+            f"per process in {saved['process_count']} process(es); this run has "
+            f"{here['num_workers']} in {here['process_count']}. Pass "
+            f"--config.data.num_workers={saved['num_workers']} on as many processes as before, "
+            "or --config.data.resume_position=False to keep the weights and optimiser state "
+            "and restart the data order."
+        )
+    return True
 
 
 def check_finite(state) -> None:
@@ -500,8 +540,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("Resuming from the checkpoint of step %d in %s.", latest, mngr.directory)
+        with_position = check_resumable(mngr, latest, config)
         state = restore_checkpoint(
-            mngr, latest, trainer.abstract_state, trainer.state_sharding, train_iter
+            mngr, latest, trainer.abstract_state, trainer.state_sharding,
+            train_iter if with_position else None,
         )
     else:
         logging.info("No checkpoint in %s: starting from step 0.", mngr.directory)

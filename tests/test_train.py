@@ -49,6 +49,27 @@ def test_resume_is_exact(tmp_path):
     )
 
 
+def test_resume_refuses_other_data_loader_settings_or_model(tmp_path):
+    """A resume the saved state cannot continue stops with the setting to change."""
+    config = tiny_config(num_train_steps=2)
+    train.train_and_evaluate(config, str(tmp_path))
+
+    config.num_train_steps = 4
+    config.model.blocks = 2
+    with pytest.raises(ValueError, match=r"blocks=1.*--config.model.blocks"):
+        train.train_and_evaluate(config, str(tmp_path))
+    config.model.blocks = 1
+    config.data.num_workers = 1
+    with pytest.raises(ValueError, match=r"--config.data.num_workers=0 .*resume_position=False"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert ocp.utils.checkpoint_steps(checkpoint.checkpoint_dir(tmp_path)) == [2]
+
+    # Keeping the weights but not the data position works with any worker count.
+    config.data.resume_position = False
+    train.train_and_evaluate(config, str(tmp_path))
+    assert ocp.utils.checkpoint_steps(checkpoint.checkpoint_dir(tmp_path)) == [2, 4]
+
+
 def test_non_finite_loss_stops_before_any_checkpoint(tmp_path):
     config = tiny_config(num_train_steps=3, checkpoint_every_steps=1, log_every_steps=1)
     config.loss.l1_weight = float("inf")  # the total G loss is inf from the first step
