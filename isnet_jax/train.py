@@ -8,6 +8,8 @@ together from one forward pass (simultaneous update), data parallel over a ``Mes
 from __future__ import annotations
 
 import dataclasses
+import signal
+import threading
 import time
 from typing import Any
 
@@ -591,8 +593,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = first_step
     logging.info("Training steps %d..%d; checkpoints every %d steps in %s.", first_step + 1,
                  config.num_train_steps, config.checkpoint_every_steps, mngr.directory)
+    terminate = _TerminationRequest()
     try:
-        with metric_writers.ensure_flushes(writer):
+        with metric_writers.ensure_flushes(writer), terminate:
             while step < config.num_train_steps:
                 t0 = time.perf_counter()
                 with report_progress.timed("data", wait_jax_async_dispatch=False):
@@ -640,15 +643,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                     scalars = evaluator(state["g_params"], state["g_spec"])
                     writer.write_scalars(step, scalars)
 
+                preempted = mngr.reached_preemption(step) or terminate.received
                 if (
                     step % config.checkpoint_every_steps == 0
                     or step == config.num_train_steps
-                    or mngr.reached_preemption(step)
+                    or preempted
                 ):
                     check_finite(state)
                     save_checkpoint(mngr, state, train_iter, config)
-                    if mngr.reached_preemption(step):
-                        logging.warning("Preemption at step %d: checkpoint saved, stopping.", step)
+                    if preempted:
+                        logging.warning(
+                            "Preemption or SIGTERM at step %d: checkpoint saved, stopping; "
+                            "the same command resumes from here.", step
+                        )
                         break
     except KeyboardInterrupt:
         # Keep the work done so far: the next run resumes from here.
@@ -663,6 +670,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     mngr.close()
     logging.info("Done: step %d. Checkpoints in %s.", step, mngr.directory)
     return last
+
+
+class _TerminationRequest:
+    """Turns SIGTERM into "save a checkpoint after this step and stop" in a one-process run.
+
+    SLURM, Kubernetes, ``docker stop`` and spot-VM shutdowns send SIGTERM some seconds before
+    killing; by default Python dies on it and the steps since the last checkpoint are lost.
+    Runs of several processes get the same from JAX's preemption service through Orbax's
+    ``reached_preemption`` (every host must save at the same step, which a local flag cannot
+    promise), so the handler is installed only for one process, and only from the main thread.
+    """
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if not self.received:
+            logging.warning("SIGTERM received: saving a checkpoint after the current step.")
+        self.received = True
+
+    def __enter__(self) -> _TerminationRequest:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 def _sum_over_hosts(value: int) -> int:

@@ -196,3 +196,50 @@ def test_remat_step_matches_plain_step():
             assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), key
     for term in train.TERMS:
         np.testing.assert_allclose(metrics[1][term], metrics[0][term], rtol=1e-5)
+
+
+_SIGTERM_RUN = textwrap.dedent(
+    """
+    import sys
+    from absl import logging
+    sys.path.insert(0, sys.argv[1])
+    from conftest import tiny_config
+    from isnet_jax import train
+
+    logging.set_verbosity(logging.INFO)
+    config = tiny_config(num_train_steps=100_000, checkpoint_every_steps=100_000,
+                         log_every_steps=1)
+    train.train_and_evaluate(config, sys.argv[2])
+    print("RETURNED", flush=True)
+    """
+)
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+    """SLURM / Kubernetes / spot VMs send SIGTERM before the kill: the step in flight ends,
+    a checkpoint of it is written, and the run returns instead of dying."""
+    import signal
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(_SIGTERM_RUN)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(REPO / "tests"), str(tmp_path / "work")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    log = []
+    deadline = time.monotonic() + 600
+    try:
+        for line in proc.stdout:  # wait until training is under way
+            log.append(line)
+            if "step 3/100000" in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    log = "".join(log) + rest
+    assert proc.returncode == 0 and "RETURNED" in log, log[-3000:]
+    assert "SIGTERM at step" in log or "SIGTERM received" in log, log[-3000:]
+    steps = ocp.utils.checkpoint_steps(checkpoint.checkpoint_dir(tmp_path / "work"))
+    assert len(steps) == 1 and steps[0] >= 3, steps
