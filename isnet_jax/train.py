@@ -598,8 +598,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         with metric_writers.ensure_flushes(writer), terminate:
             while step < config.num_train_steps:
                 t0 = time.perf_counter()
-                with report_progress.timed("data", wait_jax_async_dispatch=False):
-                    batch = next(train_iter)
+                try:
+                    with report_progress.timed("data", wait_jax_async_dispatch=False):
+                        batch = next(train_iter)
+                except Exception:
+                    if not terminate.received:
+                        raise
+                    # A SIGTERM to the whole process group (SLURM does that) also stops
+                    # grain's worker processes; the state of the last step is still whole.
+                    logging.warning(
+                        "The data workers stopped with the SIGTERM: saving step %d, stopping.",
+                        step,
+                    )
+                    check_finite(state)
+                    if mngr.latest_step() != step:
+                        save_checkpoint(mngr, state, train_iter, config)
+                    break
                 t1 = time.perf_counter()
                 skipped += int(np.sum(batch.get("skipped", 0)))
                 image, mask = (
