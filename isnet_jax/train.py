@@ -411,7 +411,7 @@ def restore_checkpoint(mngr, step: int, state, state_sharding, data_iterator):
         full = nnx.merge_state(state[params], state[spec])
         full = jax.tree.map(lambda x: x, full)  # a fresh State: the template stays untouched
         nnx.replace_by_pure_dict(full, restored[item])
-        new_state[params], new_state[spec] = full.split(nnx.Param, SpectralState)
+        new_state[params], new_state[spec] = nnx.split_state(full, nnx.Param, SpectralState)
     new_state["g_opt"], new_state["d_opt"] = restored["g_opt"], restored["d_opt"]
     new_state["step"] = restored["step"]["step"]
     new_state["bad_step"] = put_global(np.full((), -1, np.int32), state_sharding["bad_step"])
