@@ -69,11 +69,10 @@ def _manager(directory: epath.Path, read_only: bool = True) -> ocp.CheckpointMan
     return ocp.CheckpointManager(directory, options=options)
 
 
-def read_meta(path: epath.PathLike, step: int | None = None) -> tuple[dict[str, Any], int]:
-    directory, step = resolve(path, step)
-    with _manager(directory) as mngr:
-        restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-    return dict(restored[META]), step
+def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+    """The ``meta`` item (generator name, blocks, provenance) of ``step`` in an open manager."""
+    restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
+    return dict(restored[META])
 
 
 def generator_meta(name: str, blocks: int, source: str) -> dict[str, Any]:
@@ -105,9 +104,7 @@ def restore_generator(
     """
     directory, step = resolve(path, step)
     with _manager(directory) as mngr:
-        meta = dict(
-            mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
-        )
+        meta = read_meta(mngr, step)
         # Built abstractly: running the initialisers eagerly would cost far more than the restore.
         abstract = nnx.eval_shape(
             lambda: models.create_generator(

@@ -426,10 +426,7 @@ def check_resumable(mngr, step: int, config: ml_collections.ConfigDict) -> bool:
     data loader's position was saved under another worker or process count (it cannot be
     restored then). Returns whether to restore that position (``config.data.resume_position``).
     """
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(**{checkpoint.META: ocp.args.JsonRestore()})
-    )
-    meta = restored[checkpoint.META] or {}
+    meta = checkpoint.read_meta(mngr, step)
     where = f"the checkpoint of step {step} in {mngr.directory}"
     model = (meta.get("generator"), meta.get("blocks"))
     if model != (config.model.generator, config.model.blocks):
