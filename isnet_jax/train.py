@@ -8,6 +8,7 @@ together from one forward pass (simultaneous update), data parallel over a ``Mes
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import threading
 import time
@@ -242,7 +243,6 @@ class Trainer:
         self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
         self.abstract_state = _abstract(abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        self._initial_state = None
         vgg = load_vgg(config) if uses_vgg(config) else None
         if vgg is not None:
             vgg_def, vgg_state = nnx.split(vgg)
@@ -268,12 +268,10 @@ class Trainer:
         )
         self.predict = jax.jit(self._predict, out_shardings=batch_sharding)
 
-    @property
+    @functools.cached_property
     def initial_state(self) -> dict[str, Any]:
         """Freshly initialised training state (compiled and run on first use, then cached)."""
-        if self._initial_state is None:
-            self._initial_state = self._init()
-        return self._initial_state
+        return self._init()
 
     # The step ------------------------------------------------------------------------------
     def _train_step(self, state, vgg_state, image, mask):
@@ -590,6 +588,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = first_step
     logging.info("Training steps %d..%d; checkpoints every %d steps in %s.", first_step + 1,
                  config.num_train_steps, config.checkpoint_every_steps, mngr.directory)
+    def keep_progress(why: str) -> None:
+        """Saves the last completed step unless it is saved: the next run resumes from it."""
+        check_finite(state)
+        if step > first_step and mngr.latest_step() != step:
+            logging.warning("%s at step %d: saving a checkpoint before stopping.", why, step)
+            save_checkpoint(mngr, state, train_iter, config)
+
     terminate = _TerminationRequest()
     try:
         with metric_writers.ensure_flushes(writer), terminate:
@@ -603,13 +608,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         raise
                     # A SIGTERM to the whole process group (SLURM does that) also stops
                     # grain's worker processes; the state of the last step is still whole.
-                    logging.warning(
-                        "The data workers stopped with the SIGTERM: saving step %d, stopping.",
-                        step,
-                    )
-                    check_finite(state)
-                    if mngr.latest_step() != step:
-                        save_checkpoint(mngr, state, train_iter, config)
+                    keep_progress("The data workers stopped with the SIGTERM")
                     break
                 t1 = time.perf_counter()
                 skipped += int(np.sum(batch.get("skipped", 0)))
@@ -669,11 +668,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         )
                         break
     except KeyboardInterrupt:
-        # Keep the work done so far: the next run resumes from here.
-        check_finite(state)
-        if step > first_step and mngr.latest_step() != step:
-            logging.warning("Interrupted at step %d: saving a checkpoint before exit.", step)
-            save_checkpoint(mngr, state, train_iter, config)
+        keep_progress("Interrupted")
         mngr.wait_until_finished()
         raise
     finally:
