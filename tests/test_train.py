@@ -135,27 +135,35 @@ def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     assert result["param_rel"] < 1e-5 and result["loss_rel"] < 1e-5, result
 
 
+def _one_step(config, seed: int) -> tuple[dict, dict]:
+    """One training step of ``config`` from its initial state on a seeded 2-image batch;
+    ``(state, metrics)`` on the host."""
+    from isnet_jax import sharding
+
+    rng = np.random.default_rng(seed)
+    image = rng.random((2, 32, 32, 3), np.float32)
+    mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
+    trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
+    batch = [jax.device_put(a, trainer.batch_sharding) for a in (image, mask)]
+    state, metrics = trainer.train_step(trainer.initial_state, trainer.vgg_state, *batch)
+    return jax.device_get(state), jax.device_get(metrics)
+
+
 def test_bfloat16_compute_step_tracks_float32(tmp_path):
     """The TPU/GPU setting (bfloat16 activations, float32 parameters, optimiser and losses),
     with every loss term on, against the float32 step on the same weights and batch."""
     from flax import nnx
 
-    from isnet_jax import convert, models, sharding
+    from isnet_jax import convert, models
 
     vgg_path = tmp_path / "vgg19.npz"
     convert.save_vgg19(models.VGG19(rngs=nnx.Rngs(0)), vgg_path)
-    rng = np.random.default_rng(0)
-    image = rng.random((2, 32, 32, 3), np.float32)
-    mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
     metrics, states = {}, {}
     for dtype in ("float32", "bfloat16"):
         config = tiny_config(compute_dtype=dtype)
         config.loss.vgg_weights = str(vgg_path)
         config.loss.perceptual_weight, config.loss.style_weight = 0.1, 250.0
-        trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
-        batch = [jax.device_put(a, trainer.batch_sharding) for a in (image, mask)]
-        state, step_metrics = trainer.train_step(trainer.initial_state, trainer.vgg_state, *batch)
-        metrics[dtype], states[dtype] = jax.device_get(step_metrics), jax.device_get(state)
+        states[dtype], metrics[dtype] = _one_step(config, seed=0)
     for name in ("g_params", "d_params", "g_opt", "d_opt"):
         dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(states["bfloat16"][name])}
         assert dtypes <= {np.dtype(np.float32), np.dtype(np.int32)}, (name, dtypes)
@@ -174,19 +182,8 @@ def test_bfloat16_compute_step_tracks_float32(tmp_path):
 def test_remat_step_matches_plain_step():
     """``config.remat`` recomputes G's stages in the backward pass: same step, same result
     (spectral-norm vectors included: the power iteration runs inside the rematerialised stage)."""
-    from isnet_jax import sharding
-
-    rng = np.random.default_rng(1)
-    image = rng.random((2, 32, 32, 3), np.float32)
-    mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
-    states, metrics = [], []
-    for remat in (False, True):
-        config = tiny_config(remat=remat)
-        trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
-        batch = [jax.device_put(a, trainer.batch_sharding) for a in (image, mask)]
-        state, m = trainer.train_step(trainer.initial_state, trainer.vgg_state, *batch)
-        states.append(jax.device_get(state))
-        metrics.append(jax.device_get(m))
+    states, metrics = zip(*(_one_step(tiny_config(remat=r), seed=1) for r in (False, True)),
+                          strict=True)
     # Array by array, ||a - b|| / ||a||: Adam's first step divides each gradient by its own
     # magnitude, so a gradient near zero may round to a visibly different update elementwise.
     for key in ("g_params", "g_spec", "d_params", "g_opt"):
