@@ -622,8 +622,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 pending.append(metrics)
                 step += 1
                 data_seconds += t1 - t0
-                for hook in hooks:
-                    hook(step)
 
                 if step % config.log_every_steps == 0 or step == config.num_train_steps:
                     check_finite(state)
@@ -642,6 +640,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         last["d_loss"], last["train_psnr"], 100 * last["data_wait_fraction"],
                     )
                     data_seconds, window_start = 0.0, time.perf_counter()
+                # After the log's device sync: steps are dispatched asynchronously, so a rate
+                # measured before it counts dispatches, not finished steps.
+                for hook in hooks:
+                    hook(step)
 
                 if config.image_every_steps and (
                     step % config.image_every_steps == 0 or step == config.num_train_steps
