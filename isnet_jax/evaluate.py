@@ -36,6 +36,8 @@ PAPER_ROWS = (
     ("SSIM", "ssim", "{:.3f}"),
     ("L1 (%)", "l1_percent", "{:.2f}"),
 )
+BASELINE = "mean_fill/"  # key prefix of the mean-colour fill's metrics
+BASELINE_NAME = "mean-colour fill"
 OTHER_ROWS = (
     ("SSIM, skimage (cropped borders)", "ssim_skimage", "{:.3f}"),
     ("EdgeConnect-script PSNR (grey)", "ec_psnr", "{:.2f}"),
@@ -64,6 +66,11 @@ class MetricSums:
         g = nnx.merge(self.g_def, g_state, copy=True)
         pred = g(image * mask, train=False)
         values = metrics.compute_all(metrics.composite(pred, image, mask), image)
+        # The trivial baseline on the very same images and masks, so that every report shows
+        # at once whether the model has learned more than an average colour.
+        fill = metrics.composite(metrics.mean_colour_fill(image, mask), image, mask)
+        for k, v in metrics.compute_all(fill, image).items():
+            values[BASELINE + k] = v
         weight = valid.astype(jnp.float32)
         sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in values.items()}
         sums["count"] = jnp.sum(weight)
@@ -102,26 +109,28 @@ def evaluate_bands(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        results[band_label(band)] = evaluator(g_state, dataset)
+        r = results[band_label(band)] = evaluator(g_state, dataset)
         logging.info(
-            "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% (%.1f s)",
-            band_label(band),
-            results[band_label(band)]["images"],
-            results[band_label(band)]["psnr"],
-            results[band_label(band)]["ssim"],
-            results[band_label(band)]["l1_percent"],
+            "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s: PSNR %.2f, "
+            "SSIM %.4f, L1 %.2f%% (%.1f s)",
+            band_label(band), r["images"], r["psnr"], r["ssim"], r["l1_percent"], BASELINE_NAME,
+            r[BASELINE + "psnr"], r[BASELINE + "ssim"], r[BASELINE + "l1_percent"],
             time.perf_counter() - start,
         )
     return results
 
 
 def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
-    """The paper's Tables 3-4 layout (metrics by hole-ratio band), then the other variants."""
+    """The paper's Tables 3-4 layout (metrics by hole-ratio band), the mean-colour fill baseline
+    beside it, then the other metric variants."""
     labels = list(results)
     header = f"| {title} | " + " | ".join(labels) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
     lines = [header, rule]
-    for rows in (PAPER_ROWS, OTHER_ROWS):
+    baseline_rows = tuple(
+        (f"{name}, {BASELINE_NAME}", BASELINE + key, fmt) for name, key, fmt in PAPER_ROWS
+    )
+    for rows in (PAPER_ROWS, baseline_rows, OTHER_ROWS):
         for name, key, fmt in rows:
             lines.append(
                 f"| {name} | " + " | ".join(fmt.format(results[b][key]) for b in labels) + " |"
@@ -130,7 +139,10 @@ def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
     lines.append("")
     lines.append(
         "PSNR on 0-255 integers, SSIM with an 11-pixel Gaussian window (sigma 1.5) and zero-padded "
-        "borders as the release computes it, L1 = 100 * mean|gt - composite|; all on the composite."
+        "borders as the release computes it, L1 = 100 * mean|gt - composite|; all on the "
+        f"composite. The {BASELINE_NAME} rows paint every hole with the mean colour of its "
+        "image's known pixels (same images and masks): the score of a model that has learned "
+        "nothing more."
     )
     return "\n".join(lines)
 

@@ -198,6 +198,18 @@ def edgeconnect_mae(a: jax.Array, b: jax.Array, quantize: bool = True) -> jax.Ar
     return jnp.sum(jnp.abs(ga - gb), axis=(1, 2, 3)) / jnp.sum(ga + gb, axis=(1, 2, 3))
 
 
+def mean_colour_fill(image: jax.Array, mask: jax.Array) -> jax.Array:
+    """The trivial baseline: every hole pixel painted the mean colour of the image's known pixels.
+
+    (B, H, W, 3), (B, H, W, 1) -> (B, H, W, 3), per image and channel. An image with no known
+    pixel gets black (there is no colour to copy). A model that does not beat this on the
+    composite has learned nothing an average could not do.
+    """
+    known = jnp.sum(mask, axis=(1, 2), keepdims=True)
+    mean = jnp.sum(image * mask, axis=(1, 2), keepdims=True) / jnp.maximum(known, 1.0)
+    return jnp.broadcast_to(mean, image.shape)
+
+
 def composite(pred: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:
     """``pred * (1 - mask) + image * mask``: the known pixels (mask 1) come from ``image``."""
     return pred * (1.0 - mask) + image * mask

@@ -49,6 +49,16 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert set(results["bands"]) == {"10-20%", "20-30%", "30-40%", "40-50%", "all"}
     assert results["bands"]["all"]["images"] == 4
     assert 0.0 < results["bands"]["10-20%"]["psnr"] < 100.0
+    # The mean-colour fill baseline sits beside the model in every form of the report.
+    assert "| PSNR, mean-colour fill |" in out.stdout
+    assert "| PSNR, mean-colour fill |" in (workdir / "eval" / "step_4" / "table.md").read_text()
+    assert 0.0 < results["bands"]["10-20%"]["mean_fill/psnr"] < 100.0
+    assert "mean-colour fill: PSNR" in out.stderr
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(workdir / "eval"))
+    events.Reload()
+    assert "10-20%/mean_fill/psnr" in events.Tags()["tensors"]
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):

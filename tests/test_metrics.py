@@ -118,3 +118,16 @@ def test_composite_keeps_known_pixels():
     out = np.asarray(metrics.composite(pred, image, mask))
     np.testing.assert_array_equal(np.where(mask > 0, out, 0), np.where(mask > 0, image, 0))
     np.testing.assert_array_equal(np.where(mask > 0, 0, out), np.where(mask > 0, 0, pred))
+
+
+def test_mean_colour_fill_paints_holes_with_the_known_mean():
+    rng = np.random.default_rng(3)
+    image = rng.random((2, 8, 8, 3), np.float32)
+    mask = (rng.random((2, 8, 8, 1)) > 0.3).astype(np.float32)
+    fill = np.asarray(metrics.mean_colour_fill(image, mask))
+    for b in range(2):
+        known = mask[b, ..., 0] > 0
+        expected = image[b][known].mean(axis=0)  # (3,), the known pixels' mean colour
+        np.testing.assert_allclose(fill[b], np.broadcast_to(expected, (8, 8, 3)), rtol=1e-6)
+    # No known pixel: black, not NaN.
+    assert np.all(np.asarray(metrics.mean_colour_fill(image, np.zeros_like(mask))) == 0)
