@@ -19,25 +19,6 @@ RELEASE_PARAMS = {
 SIZE = 32  # the smallest size all three take (BaseModel needs multiples of 16, UNet of 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _linear_time_tracing():
-    """Tracing these models is quadratic with jax 0.10 + flax 0.12 (20-40 s per eval_shape here).
-
-    NNX's ``Variable.set_value`` probes ``value.sharding``; on a tracer that raises an
-    AttributeError whose message (``_origin_msg``) walks every equation traced so far. Upstream
-    drops that message part (jax-ml/jax#40041); doing the same here changes only error text.
-    """
-    from jax._src.interpreters import partial_eval as pe
-
-    original = getattr(pe.DynamicJaxprTracer, "_origin_msg", None)
-    if original is None:
-        yield
-        return
-    pe.DynamicJaxprTracer._origin_msg = lambda self: ""
-    yield
-    pe.DynamicJaxprTracer._origin_msg = original
-
-
 def _build(name: str, dtype: jnp.dtype = jnp.float32) -> nnx.Module:
     """The variant with torch-default-like random values drawn by numpy.
 

@@ -174,7 +174,7 @@ def test_release_initialisation_statistics(build):
 
 def test_orthogonal_initialisation_makes_every_kernel_an_isometry():
     d = models.Discriminator(rngs=nnx.Rngs(0))  # wide (64 x 48) and tall (1 x 8192) matrices
-    models.init_weights(d, "orthogonal", 0.02, rngs=nnx.Rngs(1))
+    d = models.init_weights(d, "orthogonal", 0.02, rngs=nnx.Rngs(1))
     for conv in _convs(d):
         w = np.asarray(layers.kernel_matrix(conv.kernel[...]), np.float64)
         assert np.sqrt(np.mean(w**2)) == pytest.approx(0.02, rel=1e-4)

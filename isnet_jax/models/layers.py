@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from isnet_jax import errors
+
 _EPS = 1e-12  # torch.nn.functional.normalize's default, used by torch's spectral_norm
 # The release's BaseNetwork.init_weights() defaults: init_type="normal", gain=0.001.
 RELEASE_INIT_STD = 1e-3
@@ -60,7 +62,9 @@ def init_kernel(
         w = jax.nn.initializers.orthogonal()(key, (o, n), jnp.float32)
         rms = (min(o, n) / (o * n)) ** 0.5
         return _matrix_to_kernel(w * (scale / rms), shape)
-    raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    raise errors.ConfigError(
+        f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}"
+    )
 
 
 class Conv(nnx.Module):
@@ -86,20 +90,23 @@ class Conv(nnx.Module):
         dilation: int = 1,
         use_bias: bool = False,
         spectral_norm: bool = True,
+        init_scale: float = RELEASE_INIT_STD,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        # The release's initialisation (``init_weights``); ``init_weights`` below re-draws it
-        # for another scheme or scale.
-        self.kernel = nnx.Param(init_kernel(rngs.params(), shape))
+        # One draw from ``rngs`` per conv (each draw writes its counter; see init_weights).
+        k_kernel, k_u, k_v = jax.random.split(rngs.params(), 3)
+        # The release's initialisation (its init_weights()) at ``init_scale``; init_weights
+        # below re-draws it for another scheme or scale.
+        self.kernel = nnx.Param(init_kernel(k_kernel, shape, scale=init_scale))
         self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.spectral_norm = spectral_norm
         if spectral_norm:
             # As torch's spectral_norm creates them: independent random directions, no power
             # iteration until the first train-mode call.
-            self.u = SpectralState(random_unit(rngs.params(), out_features))
-            self.v = SpectralState(random_unit(rngs.params(), in_features * kernel_size**2))
+            self.u = SpectralState(random_unit(k_u, out_features))
+            self.v = SpectralState(random_unit(k_v, in_features * kernel_size**2))
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
@@ -170,24 +177,38 @@ def init_weights(
     *,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Re-draws every conv of ``module`` in place, as the release's ``init_weights()`` does.
+    """``module`` with every conv re-drawn, as the release's ``init_weights()`` does.
 
     Kernels (raw kernels of spectrally normalised convs, plain and transposed convs alike)
     from ``init_kernel(scheme, scale)``; biases 0; spectral-norm ``u``, ``v`` new random unit
     vectors with no power iteration. Under spectral normalisation the forward pass ignores the
     kernel's scale but Adam does not: ``scale`` sets the effective learning rate (an Adam step
-    of ``lr`` turns a kernel by about ``lr / scale``). Returns ``module``.
+    of ``lr`` turns a kernel by about ``lr / scale``).
+
+    Returns a new module built from the new state (``module`` itself is not changed): writing
+    into the Variables of a module being traced costs time quadratic in the trace's length
+    (each write probes the tracer's sharding), 20 s for the 4-block generator under jit.
     """
     if scheme not in INIT_SCHEMES:
-        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
-    for _, m in nnx.iter_modules(module):
+        raise errors.ConfigError(
+            f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}"
+        )
+    new: dict[tuple, jax.Array] = {}
+    # One draw from the Rngs (each draw writes its counter Variable, see above), then a key
+    # per conv folded from it.
+    base = rngs.params()
+    for i, (path, m) in enumerate(nnx.iter_modules(module)):
         kernel = getattr(m, "kernel", None)
         if not isinstance(kernel, nnx.Param):
             continue
-        m.kernel[...] = init_kernel(rngs.params(), kernel.shape, scheme, scale)
+        k_kernel, k_u, k_v = jax.random.split(jax.random.fold_in(base, i), 3)
+        new[(*path, "kernel")] = init_kernel(k_kernel, kernel.shape, scheme, scale)
         if getattr(m, "bias", None) is not None:
-            m.bias[...] = jnp.zeros_like(m.bias[...])
+            new[(*path, "bias")] = jnp.zeros(m.bias.shape, jnp.float32)
         if getattr(m, "spectral_norm", False):
-            m.u[...] = random_unit(rngs.params(), m.u[...].shape[0])
-            m.v[...] = random_unit(rngs.params(), m.v[...].shape[0])
-    return module
+            new[(*path, "u")] = random_unit(k_u, m.u.shape[0])
+            new[(*path, "v")] = random_unit(k_v, m.v.shape[0])
+    graphdef, state = nnx.split(module)
+    flat = [(p, v.replace(new[p]) if p in new else v) for p, v in nnx.to_flat_state(state)]
+    assert len(new) == sum(p in new for p, _ in flat), "a conv's variable was not found"
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
