@@ -58,6 +58,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.lr_schedule = "constant"
     config.warmup_steps = 0
     config.batch_size = 8  # global batch, split over all devices of all hosts
+    # An update whose gradients are NaN or inf is never applied (and counted in the metric
+    # skipped_update); this many in a row stop the run, naming the loss term.
+    config.max_consecutive_skips = 10
     config.num_train_steps = 1_000_000
     config.seed = 42
 

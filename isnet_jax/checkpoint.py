@@ -6,27 +6,39 @@ A checkpoint directory (``WORKDIR/checkpoints`` for a training run) is an Orbax
   ``meta``           JSON: which generator (``generator``, ``blocks``) and where it came from
   ``generator``      the generator's state (parameters and spectral-norm vectors)
   ``discriminator``  the discriminator's state (optional: converted weights may lack it)
-  ``g_opt``, ``d_opt``, ``data``  optimiser states and the grain iterator (training only)
+  ``g_opt``, ``d_opt``, ``step``, ``data``  optimiser states, the step and the grain
+                     iterator's position (training runs only)
 
-Any item can be restored alone, so evaluation never builds optimiser state.
+Any item can be restored alone, so evaluation never builds optimiser state. All Orbax code of
+the project is here: the model-only restores (evaluation, inference, ``config.init_from``,
+``convert``) first, then the training state (save, resume checks, restore).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from flax import nnx
 
-from isnet_jax import models
+from isnet_jax import errors, models
 
 META = "meta"
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
-FORMAT_VERSION = 1
+G_OPT, D_OPT, STEP, DATA = "g_opt", "d_opt", "step", "data"
+# 1: model-only checkpoints and training runs before non-finite updates were skipped;
+# 2: the optimiser states are wrapped in optax.apply_if_finite.
+FORMAT_VERSION = 2
+
+
+class DamagedCheckpointError(errors.UserError):
+    """A checkpoint step that exists but cannot be read back (a file missing or truncated)."""
 
 
 def checkpoint_dir(workdir: epath.PathLike) -> epath.Path:
@@ -46,16 +58,17 @@ def resolve(path: epath.PathLike, step: int | None = None) -> tuple[epath.Path, 
     for directory in candidates:
         if not directory.is_dir():
             continue
-        steps = ocp.utils.checkpoint_steps(directory)
+        with _manager(directory) as mngr:
+            steps = sorted(mngr.all_steps())
         if steps:
             if step is None:
-                return directory, max(steps)
+                return directory, steps[-1]
             if step in steps:
                 return directory, step
-            raise FileNotFoundError(
-                f"{directory} has no checkpoint for step {step}; it has steps {sorted(steps)}"
+            raise errors.MissingFileError(
+                f"{directory} has no checkpoint for step {step}; it has steps {steps}"
             )
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
         f"no Orbax checkpoint found at {path} (looked in {', '.join(map(str, candidates))}); "
         "pass a training workdir, its checkpoints/ folder, or a folder written by "
         "`python -m isnet_jax.convert`"
@@ -83,9 +96,9 @@ def split_step(source: str | epath.PathLike) -> tuple[epath.Path, int | None]:
 
 
 def _manager(directory: epath.Path, read_only: bool = True) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1
-    )
+    # Reading needs no read_only option (it only logs a warning per manager): a manager that
+    # may not create its folder writes nothing until it is asked to save.
+    options = ocp.CheckpointManagerOptions(create=not read_only)
     # Handlers named up front: item metadata (to check a tree before restoring it) needs them.
     handlers = {
         META: ocp.JsonCheckpointHandler(),
@@ -95,10 +108,46 @@ def _manager(directory: epath.Path, read_only: bool = True) -> ocp.CheckpointMan
     return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
+def _damaged(mngr: ocp.CheckpointManager, step: int, items, error: BaseException):
+    # Orbax reports a missing or truncated file as a bare Exception holding TensorStore's
+    # whole spec, which names neither the item nor the file: say which items were read.
+    reason = str(error).split(". See full", 1)[0].splitlines()[0][:120]
+    return DamagedCheckpointError(
+        f"the checkpoint of step {step} in {mngr.directory} is damaged: its "
+        f"{'/'.join(items)} cannot be read (a file is missing or truncated: {reason})"
+    )
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, /, **args) -> Any:
+    """``mngr.restore`` of these items; any failure to read them is a DamagedCheckpointError."""
+    try:
+        return mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # noqa: BLE001 - Orbax raises plain Exception for unreadable data
+        error = _damaged(mngr, step, args, e)
+    _quiet_abandoned_reads()
+    raise error
+
+
+def _quiet_abandoned_reads() -> None:
+    """After a failed restore Orbax leaves its other array reads pending; when they are
+    finalised (at exit at the latest) Python prints each one's exception with TensorStore's
+    whole spec, hundreds of lines after the one error that matters. Those, and only those,
+    are dropped from here on."""
+    previous = sys.unraisablehook
+    if getattr(previous, "isnet_jax_quiet_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not str(unraisable.exc_value).startswith("Encountered error while reading"):
+            previous(unraisable)
+
+    hook.isnet_jax_quiet_reads = True
+    sys.unraisablehook = hook
+
+
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     """The ``meta`` item (generator name, blocks, provenance) of ``step`` in an open manager."""
-    restored = mngr.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))
-    return dict(restored[META])
+    return dict(_restore(mngr, step, **{META: ocp.args.JsonRestore()})[META])
 
 
 def generator_meta(name: str, blocks: int, source: str) -> dict[str, Any]:
@@ -137,7 +186,7 @@ def _check_tree(saved, target, where: str) -> None:
     ]
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ValueError(f"{where} does not fit this model: {problems[0]}{more}")
+        raise errors.ConfigError(f"{where} does not fit this model: {problems[0]}{more}")
 
 
 def _item_dir(mngr: ocp.CheckpointManager, step: int, item: str) -> epath.Path:
@@ -155,10 +204,12 @@ def _restore_module(
     target = abstract_pure_state(abstract, sharding)
     # The item's own metadata: the manager's would scan (and warn about) every other item.
     where = _item_dir(mngr, step, item)
-    _check_tree(ocp.StandardCheckpointHandler().metadata(where), target, str(where))
-    restored = mngr.restore(
-        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
-    )
+    try:
+        saved = ocp.StandardCheckpointHandler().metadata(where)
+    except Exception as e:  # noqa: BLE001 - as _restore
+        raise _damaged(mngr, step, [item], e) from e
+    _check_tree(saved, target, str(where))
+    restored = _restore(mngr, step, **{item: ocp.args.StandardRestore(target)})
     graphdef, state = nnx.split(abstract)
     nnx.replace_by_pure_dict(state, restored[item])
     return nnx.merge(graphdef, state)
@@ -180,13 +231,39 @@ def restore_models(
     ``python -m isnet_jax.convert``, or one step's folder. ``expect``, a ``(generator, blocks)``
     pair, is checked against the checkpoint's meta before anything is restored. Returns
     ``(generator, discriminator_or_None, meta)``; ``meta["step"]`` is the restored step.
+
+    Without ``step``, a damaged latest step (a file missing or truncated) is skipped with a
+    warning that names it, for the newest intact one; a damaged ``step`` asked for by number
+    raises ``DamagedCheckpointError`` naming the intact steps to pass instead.
     """
-    directory, step = resolve(path, step)
+    directory, chosen = resolve(path, step)
+    if step is not None or epath.Path(path).name.isdigit():  # a step asked for by number
+        return _restore_models(directory, chosen, dtype, expect, with_discriminator, sharding)
+    steps = all_steps(directory)
+    for candidate in reversed(steps):
+        try:
+            return _restore_models(directory, candidate, dtype, expect, with_discriminator,
+                                   sharding)
+        except DamagedCheckpointError as e:
+            logging.warning("%s; trying the step before it.", e)
+    raise DamagedCheckpointError(f"every checkpoint in {directory} (steps {steps}) is damaged")
+
+
+def _restore_models(directory, step, dtype, expect, with_discriminator, sharding):
+    try:
+        return _read_models(directory, step, dtype, expect, with_discriminator, sharding)
+    except DamagedCheckpointError as e:
+        others = [s for s in all_steps(directory) if s != step]
+        hint = f"; steps {others} are there too" if others else ""
+        raise DamagedCheckpointError(f"{e}{hint}") from e.__cause__
+
+
+def _read_models(directory, step, dtype, expect, with_discriminator, sharding):
     with _manager(directory) as mngr:
         meta = read_meta(mngr, step)
         model = (meta.get("generator"), meta.get("blocks"))
         if expect is not None and model != tuple(expect):
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{directory / str(step) / META} holds generator {model[0]!r} with "
                 f"blocks={model[1]}, but the config asks for {expect[0]!r} with "
                 f"blocks={expect[1]}: set --config.model.generator={model[0]} "
@@ -243,3 +320,145 @@ def write_models(
         mngr.save(step, args=ocp.args.Composite(**items))
         mngr.wait_until_finished()
     return directory / str(step)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training state: ``train.Trainer``'s dict of G / D parameters and spectral-norm vectors,
+# optimiser states and step, saved as the items above plus the data iterator's position.
+
+_MODEL_ITEMS = {GENERATOR: ("g_params", "g_spectral"), DISCRIMINATOR: ("d_params", "d_spectral")}
+
+
+def training_manager(workdir: epath.PathLike, max_to_keep: int) -> ocp.CheckpointManager:
+    """The manager of a training run's ``WORKDIR/checkpoints`` (asynchronous saves)."""
+    import grain  # the data iterator's state is saved beside the model
+
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
+    )
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir),
+        options=options,
+        item_handlers={
+            META: ocp.JsonCheckpointHandler(),
+            **{k: ocp.StandardCheckpointHandler()
+               for k in (GENERATOR, DISCRIMINATOR, G_OPT, D_OPT, STEP)},
+            DATA: grain.checkpoint.CheckpointHandler(),
+        },
+    )
+
+
+def _model_dict(state: dict[str, Any], item: str) -> dict:
+    params, spectral = _MODEL_ITEMS[item]
+    return nnx.to_pure_dict(nnx.merge_state(state[params], state[spectral]))
+
+
+def save_train_state(
+    mngr: ocp.CheckpointManager, state: dict[str, Any], data_iterator, config
+) -> None:
+    """Saves every item asynchronously (the arrays are copied off the devices before return)."""
+    import grain
+
+    step = int(jax.device_get(state["step"]))
+    meta = generator_meta(config.model.generator, config.model.blocks, "isnet-jax training")
+    # What the data loader's saved position depends on (checked before a resume).
+    meta["data"] = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
+    items = {
+        META: ocp.args.JsonSave(meta),
+        G_OPT: ocp.args.StandardSave(state["g_opt"]),
+        D_OPT: ocp.args.StandardSave(state["d_opt"]),
+        STEP: ocp.args.StandardSave({"step": state["step"]}),
+        **{item: ocp.args.StandardSave(_model_dict(state, item)) for item in _MODEL_ITEMS},
+    }
+    if data_iterator is not None:
+        items[DATA] = grain.checkpoint.CheckpointSave(data_iterator)
+    mngr.save(step, args=ocp.args.Composite(**items))
+
+
+def abstract_tree(tree, shardings):
+    """``tree``'s leaves as ``jax.ShapeDtypeStruct`` with ``shardings`` (a restore target)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def set_aside(mngr: ocp.CheckpointManager, step: int) -> epath.Path:
+    """Renames a damaged step's folder to ``STEP.damaged`` (no longer a step to Orbax)."""
+    source = epath.Path(mngr.directory) / str(step)
+    target = source.parent / f"{step}.damaged"
+    if jax.process_index() == 0:
+        if target.exists():
+            target.rmtree()
+        source.rename(target)
+    mngr.reload()
+    return target
+
+
+def check_resumable(mngr: ocp.CheckpointManager, step: int, config) -> bool:
+    """Checks that checkpoint ``step`` can continue under ``config``.
+
+    Raises ``ValueError`` naming the setting to change when the generator differs, when the
+    checkpoint predates this version's training state, or when the data loader's position was
+    saved under another worker or process count (it cannot be restored then). Returns whether to
+    restore that position (``config.data.resume_position``).
+    """
+    meta = read_meta(mngr, step)
+    where = f"the checkpoint of step {step} in {mngr.directory}"
+    model = (meta.get("generator"), meta.get("blocks"))
+    if model != (config.model.generator, config.model.blocks):
+        raise errors.ConfigError(
+            f"{where} holds generator {model[0]!r} with blocks={model[1]}, but this config has "
+            f"{config.model.generator!r} with blocks={config.model.blocks}: set "
+            "--config.model.generator / --config.model.blocks to match, or use a new workdir."
+        )
+    if meta.get("format", 1) < FORMAT_VERSION:
+        raise errors.ConfigError(
+            f"{where} was written by an older isnet-jax, whose optimiser state this version "
+            "cannot continue. Start a new workdir with --config.init_from="
+            f"{mngr.directory.parent}@{step} to keep its weights."
+        )
+    if not config.data.resume_position:
+        logging.warning(
+            "config.data.resume_position is False: the data order restarts from the seed."
+        )
+        return False
+    saved = meta.get("data")
+    here = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
+    if saved is not None and saved != here:
+        raise errors.ConfigError(
+            f"{where} saved the data loader's position with {saved['num_workers']} worker(s) "
+            f"per process in {saved['process_count']} process(es); this run has "
+            f"{here['num_workers']} in {here['process_count']}. Pass "
+            f"--config.data.num_workers={saved['num_workers']} on as many processes as before, "
+            "or --config.data.resume_position=False to keep the weights and optimiser state "
+            "and restart the data order."
+        )
+    return True
+
+
+def restore_train_state(
+    mngr: ocp.CheckpointManager, step: int, abstract_state: dict, shardings: dict, data_iterator
+) -> dict[str, Any]:
+    """Restores every item of ``step`` into the structure of ``abstract_state`` (and the data
+    iterator's position into ``data_iterator`` unless it is None)."""
+    import grain
+
+    targets = {
+        G_OPT: abstract_tree(abstract_state["g_opt"], shardings["g_opt"]),
+        D_OPT: abstract_tree(abstract_state["d_opt"], shardings["d_opt"]),
+        STEP: {"step": abstract_tree(abstract_state["step"], shardings["step"])},
+    }
+    for item, keys in _MODEL_ITEMS.items():
+        abstract = {k: abstract_tree(abstract_state[k], shardings[k]) for k in keys}
+        targets[item] = _model_dict(abstract, item)
+    args = {k: ocp.args.StandardRestore(v) for k, v in targets.items()}
+    if data_iterator is not None:
+        args[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = _restore(mngr, step, **args)
+    state = {"g_opt": restored[G_OPT], "d_opt": restored[D_OPT], "step": restored[STEP]["step"]}
+    for item, (params, spectral) in _MODEL_ITEMS.items():
+        full = nnx.merge_state(abstract_state[params], abstract_state[spectral])
+        full = jax.tree.map(lambda x: x, full)  # a fresh State: the template stays untouched
+        nnx.replace_by_pure_dict(full, restored[item])
+        state[params], state[spectral] = nnx.split_state(full, nnx.Param, models.SpectralState)
+    return state

@@ -9,6 +9,11 @@ evaluation, inference and fine-tuning) reads, and the VGG19 loss network as ``DI
 (what ``config.loss.vgg_weights`` points to). Every input is read and checked before anything
 is written. No PyTorch is needed: ``isnet_jax.pth`` reads the files.
 
+The other way, ``python -m isnet_jax.convert --export WORKDIR[@STEP] --output DIR`` writes a
+training run's (or a converted folder's) generator and discriminator as the release's
+``InpaintingModel_gen.pth`` / ``InpaintingModel_dis.pth`` (``export_official``): its keys, OIHW
+layouts and spectral-norm vectors, loadable by the release's own ``load_state_dict``.
+
 The torch -> JAX mapping is spelled out module by module below (``_generator_convs`` ...) so
 that a key the release has and we lack, or the reverse, is an error and never a silent skip.
 """

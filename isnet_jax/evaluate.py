@@ -201,7 +201,7 @@ class PeriodicEvaluator:
         self.config = config
         self.sums = MetricSums(g_def, mesh)
 
-    def __call__(self, g_params, g_spec) -> dict[str, float]:
+    def __call__(self, g_params, g_spectral) -> dict[str, float]:
         dataset = input_pipeline.create_eval_dataset(
             self.config,
             band=None,
@@ -209,5 +209,5 @@ class PeriodicEvaluator:
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        means = self.sums(nnx.merge_state(g_params, g_spec), dataset)
+        means = self.sums(nnx.merge_state(g_params, g_spectral), dataset)
         return {f"eval/{k}": v for k, v in means.items() if k != "images"}

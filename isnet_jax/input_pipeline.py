@@ -38,6 +38,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
+from isnet_jax import errors
 from isnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -149,7 +150,7 @@ class TfdsImages:
             )
         except Exception as e:  # TFDS raises several types for "not prepared"
             where = data_dir or "TFDS's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
-            raise FileNotFoundError(
+            raise errors.MissingFileError(
                 f"TFDS dataset {name!r} (split {split!r}) is not prepared as ArrayRecord in "
                 f'{where}: prepare it once with python -c "import tensorflow_datasets as tfds; '
                 f"tfds.builder('{name}', data_dir={data_dir or None!r})"
@@ -191,7 +192,7 @@ def _skimage_photos() -> tuple[Image.Image, ...]:
         photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pair: left view
         photos.append(_to_rgb(Image.fromarray(np.asarray(photo))))
     if not photos:
-        raise FileNotFoundError("no scikit-image sample photo could be loaded offline")
+        raise errors.MissingFileError("no scikit-image sample photo could be loaded offline")
     return tuple(photos)
 
 
@@ -201,7 +202,9 @@ class SkimagePhotos:
 
     def __init__(self, length: int) -> None:
         if length <= 0:
-            raise ValueError(f"config.data.skimage_num_images must be positive, got {length}")
+            raise errors.ConfigError(
+                f"config.data.skimage_num_images must be positive, got {length}"
+            )
         self.length = length
         self.description = f"{length} random crops of scikit-image's sample photos"
 
@@ -226,7 +229,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
     elif data.source in ("folder", "flist"):
         path = data.train_path if train else data.eval_path
         if not path:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.data.{'train' if train else 'eval'}_path is empty: "
                 f"source {data.source!r} needs a folder or a .flist of images"
             )
@@ -234,11 +237,11 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
     elif data.source == "skimage":
         source = SkimagePhotos(data.skimage_num_images)
     else:
-        raise ValueError(
+        raise errors.ConfigError(
             f"unknown config.data.source {data.source!r}: use tfds, folder, flist or skimage"
         )
     if len(source) == 0:
-        raise ValueError(f"the image source {source.description} is empty")
+        raise errors.ConfigError(f"the image source {source.description} is empty")
     return source
 
 
@@ -372,7 +375,7 @@ def _check_readable(source: Sequence[Any], records: Sequence[int], size: int) ->
 
 def _host_batch(global_batch: int, process_count: int, what: str) -> int:
     if global_batch % process_count:
-        raise ValueError(
+        raise errors.ConfigError(
             f"{what}={global_batch} is not divisible by the {process_count} processes: "
             "choose a multiple of the process count"
         )
@@ -381,13 +384,13 @@ def _host_batch(global_batch: int, process_count: int, what: str) -> int:
 
 def _mask_set(config: ml_collections.ConfigDict) -> masks_lib.MaskSet | None:
     if config.masks.mode not in masks_lib.MODES:
-        raise ValueError(
+        raise errors.ConfigError(
             f"unknown config.masks.mode {config.masks.mode!r}: use one of {masks_lib.MODES}"
         )
     if config.masks.mode in ("procedural", "block", "half"):
         return None
     if not config.masks.path:
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.masks.mode={config.masks.mode!r} needs config.masks.path, a folder or .flist "
             "of mask images (or use masks.mode='procedural')"
         )
@@ -417,7 +420,7 @@ def create_train_dataset(
     ds = grain.MapDataset.range(len(source))[process_index::process_count]
     records = len(ds)
     if records == 0:
-        raise ValueError(
+        raise errors.ConfigError(
             f"{source.description} has fewer records than the {process_count} processes"
         )
     _check_readable(source, ds, config.image_size)

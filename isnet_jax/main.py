@@ -2,23 +2,29 @@
 
 Trains (resuming from DIR's latest checkpoint) or evaluates a checkpoint. Without ``--config``
 it runs ``configs/demo.py``: a small model on bundled photographs, on the CPU, no download.
+A mistake the user can fix (``errors.UserError``: a bad path, config file or override, missing
+weights, a damaged checkpoint) ends as one ``error:`` line and exit status 2; Ctrl-C as one
+line and 130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import logging as logging_lib
 import pathlib
+import re
 import sys
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from isnet_jax import errors
+
 _DEMO = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(_DEMO), "Training configuration file (configs/*.py).", lock_config=True
-)
+_CONFIG: flags.FlagHolder | None = None  # defined in run(): it parses overrides as it is made
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train, or evaluate a checkpoint.")
 _CHECKPOINT = flags.DEFINE_string(
@@ -48,6 +54,60 @@ class _QuietLibraries(logging_lib.Filter):
         )
 
 
+def _config_error(argv: list[str], error: Exception) -> str:
+    """A config file that does not load, or an override of a field the config lacks, in words."""
+    text = str(error)
+    missing = re.search(r"No such file or directory: '([^']+)'", text)
+    if missing or "Failed loading config file" in text:
+        path = missing.group(1) if missing else "the --config file"
+        examples = sorted(p.name for p in _DEMO.parent.glob("*.py") if p.stem != "__init__")
+        return (f"cannot load the config file {path} ({text.splitlines()[-1].strip()}); pass "
+                f"--config=configs/NAME.py with one of {', '.join(examples)}")
+    key = re.match(r"""^['"\\]*([\w.]+)""", text.strip())
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    bad = [o for o in overrides if key and o.endswith("." + key.group(1))] or overrides
+    if bad:
+        fields = _field_names(_load_config(_config_path(argv)))
+        close = difflib.get_close_matches(bad[0][len("--config."):], fields, n=1)
+        hint = f"; did you mean --config.{close[0]}?" if close else ""
+        return f"{bad[0]}: the config has no such field{hint}"
+    return f"bad --config or override: {text.splitlines()[0]}"
+
+
+def _load_config(path: str):
+    spec = importlib.util.spec_from_file_location("_isnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _config_path(argv: list[str]) -> str:
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return given[-1] if given else str(_DEMO)
+
+
+def _field_names(config, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if hasattr(value, "items"):
+            names += _field_names(value, prefix + key + ".")
+    return names
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with config problems as one ``error:`` line instead of a traceback."""
+    try:
+        rest = flags.FLAGS(argv)
+        list(_CONFIG.value.keys())  # a config file that failed to load raises on first use
+        return rest
+    except flags.Error as e:  # already one clear line ("flag --x=y: ...")
+        print(f"error: {e}; see --help", file=sys.stderr)
+    except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
+        print(f"error: {_config_error(argv, e)}", file=sys.stderr)
+    sys.exit(errors.EXIT_USER_ERROR)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -63,27 +123,44 @@ def main(argv: list[str]) -> None:
     logging.info("JAX process %d of %d, %d local / %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
+    try:
+        if _MODE.value == "train":
+            from isnet_jax import train
 
-    config = _CONFIG.value
-    if _MODE.value == "train":
-        from isnet_jax import train
+            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        else:
+            from isnet_jax import evaluate
 
-        try:
-            train.train_and_evaluate(config, _WORKDIR.value)
-        except (train.NonFiniteLossError, FileNotFoundError, ValueError) as e:
-            # Problems the user can fix: one clear line, no traceback.
-            logging.error("%s", e)
-            sys.exit(f"error: {e}")
-    else:
-        from isnet_jax import evaluate
+            evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+    except errors.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
 
-        try:
-            evaluate.evaluate_checkpoint(config, _WORKDIR.value, _CHECKPOINT.value)
-        except (FileNotFoundError, ValueError) as e:
-            logging.error("%s", e)
-            sys.exit(f"error: {e}")
+
+def _define_config_flag() -> flags.FlagHolder:
+    """``--config`` (and ``--config.FIELD=VALUE`` overrides, which ml_collections applies to
+    ``sys.argv`` as the flag is defined): a bad override is one ``error:`` line."""
+    try:
+        return config_flags.DEFINE_config_file(
+            "config", str(_DEMO), "Training configuration file (configs/*.py).",
+            lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        print(f"error: {_config_error(sys.argv, e)}", file=sys.stderr)
+        sys.exit(errors.EXIT_USER_ERROR)
+
+
+def run() -> None:
+    global _CONFIG
+    _CONFIG = _define_config_flag()
+    flags.mark_flags_as_required(["workdir"])
+    try:
+        app.run(main, flags_parser=_parse_flags)
+    except KeyboardInterrupt:
+        # Training has saved its last completed step by now (train.train_and_evaluate).
+        print("interrupted (Ctrl-C); the same command resumes a training run from its last "
+              "checkpoint", file=sys.stderr)
+        sys.exit(errors.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    run()

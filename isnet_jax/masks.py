@@ -29,6 +29,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from isnet_jax import errors
+
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 POLARITIES = ("hole_black", "hole_white")
 # Mixing modes: the release's mask_type 1 (block), 2 (half), 3 (external), 4 (1 or 3),
@@ -112,7 +114,7 @@ def irregular_mask(
     """
     lo, hi = hole_range
     if not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"hole_range must satisfy 0 <= lo < hi <= 1, got {hole_range}")
+        raise errors.ConfigError(f"hole_range must satisfy 0 <= lo < hi <= 1, got {hole_range}")
     target = rng.uniform(lo, hi)
     holes = Image.new("L", (size, size), 0)
     total = size * size
@@ -169,16 +171,18 @@ def list_images(path: str | os.PathLike, extensions: Sequence[str], what: str) -
     """
     path = pathlib.Path(path).expanduser()
     if not str(path) or str(path) == ".":
-        raise ValueError(f"no {what} path configured: set it to a folder or a .flist file")
+        raise errors.ConfigError(f"no {what} path configured: set it to a folder or a .flist file")
     if not path.exists():
-        raise FileNotFoundError(f"{what} path {path} does not exist: check the path in the config")
+        raise errors.MissingFileError(
+            f"{what} path {path} does not exist: check the path in the config"
+        )
     if path.is_dir():
         suffixes = {e.lower() for e in extensions}
         files = sorted(
             str(p) for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
         )
         if not files:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"{what} folder {path} holds no image ({', '.join(sorted(suffixes))}), "
                 "searched recursively: point the config at the folder with the images"
             )
@@ -189,7 +193,7 @@ def list_images(path: str | os.PathLike, extensions: Sequence[str], what: str) -
         for p in (pathlib.Path(line) for line in lines if line and not line.startswith("#"))
     ]
     if not files:
-        raise ValueError(f"{what} list {path} is empty: it needs one image path per line")
+        raise errors.ConfigError(f"{what} list {path} is empty: it needs one image path per line")
     return files
 
 
@@ -203,7 +207,7 @@ def load_mask(
     counts as white). ``polarity`` says which colour the file uses for holes.
     """
     if polarity not in POLARITIES:
-        raise ValueError(f"mask polarity must be one of {POLARITIES}, got {polarity!r}")
+        raise errors.ConfigError(f"mask polarity must be one of {POLARITIES}, got {polarity!r}")
     with Image.open(path) as img:
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             # 16-bit masks: compare against the threshold on the 8-bit scale.
@@ -235,7 +239,9 @@ class MaskSet:
         cache_mb: float = 256,
     ) -> None:
         if polarity not in POLARITIES:
-            raise ValueError(f"masks.polarity must be one of {POLARITIES}, got {polarity!r}")
+            raise errors.ConfigError(
+                f"masks.polarity must be one of {POLARITIES}, got {polarity!r}"
+            )
         self.path = str(path)
         self.files = list_images(path, MASK_EXTENSIONS, "mask")
         self.polarity = polarity
@@ -287,9 +293,11 @@ def sample_mask(
         return half_mask(rng, size)
     if mode == "external":
         if mask_set is None:
-            raise ValueError("mask mode 'external' needs masks.path (a folder or .flist of masks)")
+            raise errors.ConfigError(
+                "mask mode 'external' needs masks.path (a folder or .flist of masks)"
+            )
         return mask_set.load(int(rng.integers(len(mask_set))), size)
-    raise ValueError(f"unknown masks.mode {mode!r}: choose one of {MODES}")
+    raise errors.ConfigError(f"unknown masks.mode {mode!r}: choose one of {MODES}")
 
 
 # --- Evaluation masks ------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def eval_masks(
         ratios = _measured(files, size, polarity, threshold)
         files = tuple(f for f, r in zip(files, ratios, strict=True) if in_band(r, band))
         if not files:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"no mask of {root} has a hole ratio in {band_name(band)} % at {size} px: "
                 "use another band or mask set (see `python -m isnet_jax.masks split`)"
             )

@@ -13,6 +13,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from isnet_jax import errors
+
 DATA = "data"
 
 
@@ -24,17 +26,17 @@ def create_mesh(mesh_config: Any = None, devices: list | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     axes = dict(mesh_config.items()) if mesh_config is not None else {DATA: -1}
     if DATA not in axes:
-        raise ValueError(f"config.mesh must have a '{DATA}' axis, got {axes}")
+        raise errors.ConfigError(f"config.mesh must have a '{DATA}' axis, got {axes}")
     sizes = list(axes.values())
     if sizes.count(-1) > 1:
-        raise ValueError(f"config.mesh may leave at most one axis as -1, got {axes}")
+        raise errors.ConfigError(f"config.mesh may leave at most one axis as -1, got {axes}")
     known = int(np.prod([s for s in sizes if s != -1]))
     if -1 in sizes:
         if len(devices) % known:
-            raise ValueError(f"config.mesh {axes} does not divide {len(devices)} devices")
+            raise errors.ConfigError(f"config.mesh {axes} does not divide {len(devices)} devices")
         sizes[sizes.index(-1)] = len(devices) // known
     if int(np.prod(sizes)) != len(devices):
-        raise ValueError(
+        raise errors.ConfigError(
             f"config.mesh {axes} needs {int(np.prod(sizes))} devices but {len(devices)} are "
             "available; use -1 for one axis to take the rest"
         )
@@ -55,7 +57,7 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def check_batch_size(global_batch: int, mesh: Mesh) -> None:
     n = mesh.shape[DATA]
     if global_batch % n or global_batch % jax.process_count():
-        raise ValueError(
+        raise errors.ConfigError(
             f"batch_size {global_batch} must be divisible by the {n} devices on the data axis "
             f"and by the {jax.process_count()} processes; set --config.batch_size to a multiple"
         )
@@ -69,6 +71,23 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed  # the coordination-service client has no public alias
+    import orbax.checkpoint as ocp  # JAX exports no name for its coordination client; Orbax does
 
-    distributed.global_state.client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+    client = ocp.multihost.get_jax_distributed_client()
+    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def put_global(tree, shardings):
+    """Host arrays (identical on every process) -> global ``jax.Array``s with these shardings.
+
+    ``make_array_from_callback`` works when the mesh spans several processes, where each
+    process can only place its own devices' shards.
+    """
+    if isinstance(shardings, jax.sharding.Sharding):
+        shardings = jax.tree.map(lambda _: shardings, tree)
+
+    def put(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda index: x[index])
+
+    return jax.tree.map(put, tree, shardings)

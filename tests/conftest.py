@@ -95,8 +95,11 @@ def tiny_config(**overrides):
 def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms.
 
-    ``grad``: the worst array's ``||a - b|| / ||a||`` over Adam's first moments of G and D (with
-    the release's beta1 = 0 these are the last step's gradients) and the spectral-norm vectors.
+    ``g_grad`` / ``d_grad``: the worst array's ``||a - b|| / ||a||`` over Adam's first moments
+    of G / D (with the release's beta1 = 0 these are the last step's gradients); ``spectral``
+    the same over the power-iteration vectors. D's loss is a difference of two means that
+    nearly cancel from the release's initialisation (real and fake logits are both near 0), so
+    float32 rounding alone moves D's gradients by up to about 1e-2 (ISNET_REFERENCE.md).
     ``param_outliers``: the fraction of parameter elements that differ by more than
     ``learning_rate / 100``. The parameters themselves are ill-conditioned for this: Adam moves
     each element by about ``lr * g / (|g| + 1e-8)``, the same for every gradient far above 1e-8,
@@ -105,24 +108,53 @@ def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     import jax
     import numpy as np
 
-    def rel(x, y):
-        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        return float(np.linalg.norm(x - y) / max(np.linalg.norm(x), 1e-30))
+    def worst(key, x, y):
+        flat_x, flat_y = jax.tree.leaves(x), jax.tree.leaves(y)
+        assert len(flat_x) == len(flat_y) > 0, key
+        return max(
+            float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
+                  / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
+            for u, v in zip(flat_x, flat_y, strict=True)
+        )
 
-    def named(tree, key):
-        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-        return [(key + jax.tree_util.keystr(p), np.asarray(x)) for p, x in flat]
+    def moments(state, n):  # apply_if_finite(adam): inner_state[0] is Adam's state
+        return state[f"{n}_opt"].inner_state[0].mu
 
-    pairs = []
-    for key in ("g_opt", "d_opt"):
-        pairs += zip(named(a[key][0].mu, key), named(b[key][0].mu, key), strict=True)
-    for key in ("g_spec", "d_spec"):
-        pairs += zip(named(a[key], key), named(b[key], key), strict=True)
-    grad, worst = max((rel(x, y), name) for (name, x), (_, y) in pairs)
+    result = {f"{n}_grad": worst(n, moments(a, n), moments(b, n)) for n in ("g", "d")}
+    result["spectral"] = max(worst(k, a[k], b[k]) for k in ("g_spectral", "d_spectral"))
     far = total = 0
     for key in ("g_params", "d_params"):
         for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
             diff = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
             far += int(np.sum(diff > learning_rate / 100))
             total += diff.size
-    return {"grad": grad, "worst": worst, "param_outliers": far / total}
+    result["param_outliers"] = far / total
+    return result
+
+
+def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600, **kwargs):
+    """Starts ``cmd`` (its own process group), waits for ``marker`` in its output, sends it
+    ``sig`` and waits for the end. Returns ``(process, whole output)``; nothing of the command
+    outlives this (data workers included)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"), **kwargs)
+    log = []
+    deadline = time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            if marker in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(sig)
+        rest, _ = proc.communicate(timeout=300)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc, "".join(log) + rest

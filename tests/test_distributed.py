@@ -46,7 +46,7 @@ _WORKER = textwrap.dedent(
         parts = [next(it) for it in iters]
         image, mask = (jax.device_put(np.concatenate([p[k] for p in parts]),
                                       trainer.batch_sharding) for k in ("image", "mask"))
-        state, _ = trainer.train_step(state, trainer.vgg_state, image, mask)
+        state, _, _ = trainer.train_step(state, trainer.vgg_state, image, mask)
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), tree)
@@ -68,7 +68,7 @@ _WORKER = textwrap.dedent(
         module_state = nnx.state(module)
         nnx.replace_by_pure_dict(module_state, restored[item])
         nnx.update(module, module_state)
-        _, theirs[prefix + "_params"], theirs[prefix + "_spec"] = train._split(module)
+        _, theirs[prefix + "_params"], theirs[prefix + "_spectral"] = train.split_module(module)
     result = step_distance(jax.device_get(state), jax.device_get(theirs), config.learning_rate)
     result["leaves"] = len(jax.tree.leaves(items))
     print(json.dumps(result))
@@ -117,4 +117,5 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
     # The second step's gradients are taken where the first step's few ill-conditioned
     # elements may differ: one D kernel element moved by 2 * lr changes D's gradient by ~1e-3
     # (measured 1.9e-3 on D's conv2); a sharding fault moves it by O(1).
-    assert result["grad"] < 1e-2 and result["param_outliers"] < 1e-4, result
+    assert result["g_grad"] < 1e-2 and result["d_grad"] < 5e-2, result
+    assert result["spectral"] < 1e-4 and result["param_outliers"] < 1e-4, result

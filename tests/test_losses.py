@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax import convert, losses, train
+from isnet_jax import convert, losses
 from isnet_jax.models.layers import SpectralState
 
 
@@ -19,9 +19,9 @@ def golden_terms(golden_dir):
     g_def, g_params, g_spec = nnx.split(g, nnx.Param, SpectralState)
     d_def, d_params, d_spec = nnx.split(d, nnx.Param, SpectralState)
     vgg_def, vgg_state = nnx.split(vgg)
-    nets = train.Networks(g_def, d_def, vgg_def, losses.VGG_LAYERS)
+    nets = losses.Networks(g_def, d_def, vgg_def, losses.VGG_LAYERS)
     z = np.load(golden_dir / "golden.npz")
-    terms, pred, _, _ = train.compute_terms(
+    terms, pred, _, _ = losses.compute_terms(
         nets, (g_params, g_spec), (d_params, d_spec), vgg_state,
         jnp.asarray(z["images"]), jnp.asarray(z["masks"]), train=False,
     )

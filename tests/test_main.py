@@ -1,11 +1,16 @@
 """The user's commands end to end: train (the demo config, shrunk), then --mode=eval."""
 
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 
-from conftest import REPO
+import pytest
+from conftest import REPO, start_until, tiny_config
+
+from isnet_jax import checkpoint, train
 
 _TINY = [
     "--config.image_size=32",
@@ -76,3 +81,69 @@ def test_missing_vgg_weights_stop_with_instructions(tmp_path):
     assert out.returncode != 0
     assert "python -m isnet_jax.convert --vgg19" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--config=configs/nope.py"], "cannot load the config file configs/nope.py"),
+    (["--config.batchsize=4"], "--config.batchsize: the config has no such field; did you mean "
+                               "--config.batch_size?"),
+    (["--config.batch_size=four"], "flag --config.batch_size=four: invalid literal"),
+])
+def test_config_mistakes_are_one_line_and_leave_no_workdir(tmp_path, args, says):
+    workdir = tmp_path / "new"
+    out = _run(f"--workdir={workdir}", *args)
+    assert out.returncode == 2, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and says in errors[0], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr
+    assert not workdir.exists()
+
+
+def test_a_failed_start_leaves_no_workdir(tmp_path):
+    workdir = tmp_path / "new"
+    out = _run(f"--workdir={workdir}", *_TINY, f"--config.init_from={tmp_path / 'nope'}")
+    assert out.returncode == 2 and "error: no Orbax checkpoint found at" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not workdir.exists()
+
+
+def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path):
+    workdir = tmp_path / "run"
+    proc, log = start_until(
+        [sys.executable, "-m", "isnet_jax.main", f"--workdir={workdir}", *_TINY,
+         "--config.num_train_steps=100000", "--config.log_every_steps=1",
+         "--config.checkpoint_every_steps=100000"],
+        "step 2/100000", signal.SIGINT,
+    )
+    assert proc.returncode == 130, log[-3000:]
+    assert "Traceback" not in log
+    assert log.rstrip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
+    assert checkpoint.all_steps(workdir)[-1] >= 2
+
+
+def test_a_damaged_checkpoint_is_named_and_skipped(tmp_path, caplog):
+    """The newest step loses a data file: eval and resume fall back to the step before it with
+    a warning that names the damaged one; asking for that step by number is one error line."""
+    workdir = tmp_path / "run"
+    config = tiny_config(num_train_steps=4, checkpoint_every_steps=2)
+    train.train_and_evaluate(config, str(workdir))
+    data = sorted((workdir / "checkpoints" / "4" / "generator").rglob("d/*"),
+                  key=lambda p: p.stat().st_size)
+    data[-1].unlink()
+
+    out = _run(f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.eval.num_images_final=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "the checkpoint of step 4" in out.stderr and "is damaged" in out.stderr
+    assert (workdir / "eval" / "step_2" / "results.json").exists()
+
+    out = _run(f"--workdir={workdir}", "--mode=eval", "--checkpoint=4", *_TINY)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    line = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert len(line) == 1 and "step 4" in line[0] and "steps [2] are there too" in line[0]
+
+    config.num_train_steps = 5
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(config, str(workdir))
+    assert "the checkpoint of step 4" in caplog.text and "4.damaged" in caplog.text
+    assert checkpoint.all_steps(workdir) == [2, 4, 5]
+    assert (workdir / "checkpoints" / "4.damaged").is_dir()

@@ -78,15 +78,15 @@ def ours(golden_dir, reference, tmp_path_factory):
         return {**convert.official_state_dict(g), **convert.official_state_dict(d)}
 
     def weights_of(s):
-        return release_layout(s["g_params"], s["g_spec"], s["d_params"], s["d_spec"])
+        return release_layout(s["g_params"], s["g_spectral"], s["d_params"], s["d_spectral"])
 
     images, masks = arrays["images"], arrays["masks"]
     grads, _ = jax.jit(trainer.gradients)(state, trainer.vgg_state, images[0], masks[0])
-    result = {"grad1": release_layout(grads[0], state["g_spec"], grads[1], state["d_spec"]),
+    result = {"grad1": release_layout(grads[0], state["g_spectral"], grads[1], state["d_spectral"]),
               "before": weights_of(state), "terms": []}
     for i in range(meta["steps"]):
-        state, metrics = trainer.train_step(state, trainer.vgg_state, images[i], masks[i])
-        result["terms"].append({k: float(v) for k, v in jax.device_get(metrics).items()})
+        state, metrics, _ = trainer.train_step(state, trainer.vgg_state, images[i], masks[i])
+        result["terms"].append({k: float(v) for k, v in metrics.compute().items()})
         if i == 0:
             result["after1"] = weights_of(state)
     result["afterK"] = weights_of(state)

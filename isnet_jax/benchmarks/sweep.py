@@ -56,7 +56,8 @@ def main(argv):
     config = _CONFIG.value
     steps = sorted(int(s) for s in _EVAL_STEPS.value)
     config.num_train_steps = steps[-1]
-    config.max_checkpoints_to_keep = max(config.max_checkpoints_to_keep, len(steps) + 1)
+    # Keep every checkpoint of the run: the evaluations below read the asked steps back.
+    config.max_checkpoints_to_keep = steps[-1] // config.checkpoint_every_steps + 1
     workdir = epath.Path(_WORKDIR.value)
     start = time.perf_counter()
     train.train_and_evaluate(config, str(workdir))

@@ -320,7 +320,7 @@ class StepBenchmark:
             compiler_options=opts,
         )
         self.predict, self.info["generator_compile_s"] = compile_timed(
-            self.trainer.predict, self.state["g_params"], self.state["g_spec"], self.image,
+            self.trainer.predict, self.state["g_params"], self.state["g_spectral"], self.image,
             self.mask, compiler_options=opts,
         )
         self.info["flops_per_step"] = cost_flops(self.step)
@@ -342,12 +342,12 @@ class StepBenchmark:
 
     def warm_up(self, steps: int = 1) -> None:
         for _ in range(steps):
-            self.state, _ = self.step(self.state, self.vgg_state, self.image, self.mask)
+            self.state, _, _ = self.step(self.state, self.vgg_state, self.image, self.mask)
         jax.block_until_ready(self.state)
         jax.block_until_ready(self._predict())
 
     def _predict(self):
-        return self.predict(self.state["g_params"], self.state["g_spec"], self.image, self.mask)
+        return self.predict(self.state["g_params"], self.state["g_spectral"], self.image, self.mask)
 
     def time_train_step(self, steps: int, repeats: int) -> list[float]:
         """``repeats`` rounds of ``steps`` back-to-back steps; seconds per step of each round."""
@@ -358,16 +358,18 @@ class StepBenchmark:
             pending = []
             t0 = time.perf_counter()
             for _ in range(steps):  # no host synchronisation in here
-                self.state, metrics = self.step(self.state, self.vgg_state, self.image, self.mask)
-                pending.append(metrics)
+                self.state, metrics, guard = self.step(
+                    self.state, self.vgg_state, self.image, self.mask)
+                pending.append((metrics, guard))
             jax.block_until_ready(self.state)
             times.append((time.perf_counter() - t0) / steps)
-            last = jax.device_get(pending[-1])
+            last = {k: float(v) for k, v in pending[-1][0].compute().items()}
             _log(
                 f"  training step, round {r + 1}/{repeats}: {times[-1]:.3f} s per step (G loss "
-                f"{float(last['g_loss']):.3f}, D loss {float(last['d_loss']):.3f})"
+                f"{last['g_loss']:.3f}, D loss {last['d_loss']:.3f})"
             )
-        train.check_finite(self.state)
+            if any(int(g["consecutive_skips"]) for _, g in pending):
+                raise train.NonFiniteLossError("a timed step had a non-finite loss")
         self.train_times += times
         return times
 
@@ -424,8 +426,8 @@ def benchmark_parts(
     frozen, so its backward is the input gradient only.
     """
     nets = trainer.nets
-    g_vars = (state["g_params"], state["g_spec"])
-    d_vars = (state["d_params"], state["d_spec"])
+    g_vars = (state["g_params"], state["g_spectral"])
+    d_vars = (state["d_params"], state["d_spectral"])
     masked = image * mask
     both = jnp.concatenate([image, image])
 

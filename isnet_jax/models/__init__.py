@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from isnet_jax import errors
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
@@ -29,7 +30,7 @@ def create_generator(
         from isnet_jax.models import ablation  # the Table 1 variants
 
         return ablation.create(name, dtype=dtype, rngs=rngs)
-    raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    raise errors.ConfigError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
 
 
 def count_params(module: nnx.Module) -> int:

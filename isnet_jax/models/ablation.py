@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isnet_jax import errors
 from isnet_jax.models.generator import WIDTHS, check_spatial_size
 from isnet_jax.models.layers import Conv, Sequential, init_kernel
 
@@ -365,7 +366,9 @@ def create(name: str, *, dtype: jnp.dtype = jnp.float32, rngs: nnx.Rngs) -> nnx.
         return BaseModel(final_fusion=True, dtype=dtype, rngs=rngs)
     if name == "unet":
         return UNet(dtype=dtype, rngs=rngs)
-    raise ValueError(f"unknown ablation generator {name!r}; choose one of {', '.join(VARIANTS)}")
+    raise errors.ConfigError(
+        f"unknown ablation generator {name!r}; choose one of {', '.join(VARIANTS)}"
+    )
 
 
 _BASE_KEYS = (

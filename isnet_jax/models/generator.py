@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from isnet_jax import errors
 from isnet_jax.models.layers import Conv, Sequential, pixel_shuffle
 
 WIDTHS = (32, 64, 128, 256, 512)
@@ -133,7 +134,7 @@ class Generator(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if not 1 <= blocks <= 4:
-            raise ValueError(f"blocks must be 1..4, got {blocks}")
+            raise errors.ConfigError(f"blocks must be 1..4, got {blocks}")
         self.blocks = blocks
         self.remat = remat
         kw = dict(dtype=dtype, rngs=rngs)
@@ -159,10 +160,12 @@ class Generator(nnx.Module):
 def check_spatial_size(shape: tuple[int, ...], multiple: int = 16) -> None:
     """Raises a clear error for inputs the four 2x down-samplings cannot take."""
     if len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(f"expected an NHWC RGB batch (B, H, W, 3), got shape {tuple(shape)}")
+        raise errors.ConfigError(
+            f"expected an NHWC RGB batch (B, H, W, 3), got shape {tuple(shape)}"
+        )
     h, w = shape[1], shape[2]
     if h % multiple or w % multiple:
-        raise ValueError(
+        raise errors.ConfigError(
             f"image size {h}x{w} is not a multiple of {multiple}; pad or resize the input "
             f"(isnet_jax.inpaint pads by reflection and crops back)"
         )
