@@ -208,3 +208,12 @@ def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_che
         assert served.shape == image.shape
         np.testing.assert_array_equal(served[known], image[known])
         assert np.abs(served.astype(int) - expected.image).max() <= 1, photo
+
+
+def test_defaults_serve_this_machine_only():
+    from isnet_jax import app as app_module
+
+    args = app_module.parse_args(["--checkpoint", "CKPT"])
+    assert (args.host, args.port, args.max_megapixels) == ("127.0.0.1", 7860, 40.0)
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--checkpoint", "CKPT", "--share"])  # no such option
