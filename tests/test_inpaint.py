@@ -317,3 +317,19 @@ def test_auto_mode_crops_large_images_and_says_so(tiny_checkpoint, tmp_path, cap
     ])
     captured = capsys.readouterr()
     assert rc == 1 and "is 131x45 but the image is 131x90" in captured.err
+
+
+def test_crop_windows_are_disjoint_and_cover_every_hole():
+    rng = np.random.default_rng(6)
+    for trial in range(6):
+        known = rng.random((300, 401)) > [0.0005, 0.002, 0.01][trial % 3]  # specks
+        for _ in range(trial):  # and a few blocks
+            top, left = rng.integers(0, 280), rng.integers(0, 380)
+            known[top : top + rng.integers(1, 40), left : left + rng.integers(1, 60)] = False
+        windows = inpaint.crop_windows(known, margin=16)
+        covered = np.zeros(known.shape, int)
+        for (top, left, bottom, right), (bt, bl, bb, br) in windows:
+            assert top <= bt < bb <= bottom and left <= bl < br <= right
+            covered[top:bottom, left:right] += 1
+        assert covered.max() == 1, trial  # pairwise disjoint
+        assert (covered[~known] == 1).all(), trial  # every hole pixel in one window
