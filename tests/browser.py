@@ -178,6 +178,13 @@ class Page:
     def click_inpaint(self) -> None:
         self.find("#inpaint")[0].click()
 
+    def visible_messages(self) -> list[str]:
+        """The messages once their toast is on screen (the text exists before it shows)."""
+        wait_for(
+            lambda: any(t.is_displayed() for t in self.find(".toast-body")), 30, "a message"
+        )
+        return self.messages()
+
     def messages(self) -> list[str]:
         texts = (t.get_attribute("textContent").strip() for t in self.find(".toast-message-text"))
         return [text for text in texts if text]

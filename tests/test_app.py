@@ -103,7 +103,7 @@ def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_p
 
         # Inpaint before painting: one clear message, and the page goes on working.
         page.click_inpaint()
-        messages = _wait_messages(page)
+        messages = page.visible_messages()
         assert len(messages) == 1 and messages[0].startswith("There is no hole to fill"), messages
         page.close_messages()
 
@@ -113,6 +113,9 @@ def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_p
         result = page.inpaint()
         page.screenshot(artifacts / "app_e2e.png")
         assert page.messages() == [], page.messages()
+        # The result offers its PNG for download: the link serves the image just read.
+        (link,) = page.find("#result a[download]")
+        assert link.get_attribute("href") == page.result_url()
         status = page.status()
         assert status.startswith("Filled") and "in crop mode" in status, status
 
@@ -131,7 +134,7 @@ def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_p
         # A file that claims to be a PNG but is not: one message naming it.
         page.upload_mask(files["broken"])
         page.click_inpaint()
-        messages = _wait_messages(page)
+        messages = page.visible_messages()
         assert messages == [
             "The mask broken.png is not an image this page can read (PNG, JPEG, WebP, TIFF, "
             "BMP, ...); upload an image file."
@@ -140,12 +143,6 @@ def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_p
     finally:
         driver.quit()
     assert app.proc.poll() is None, app.output()
-
-
-def _wait_messages(page: Page) -> list[str]:
-    from browser import wait_for
-
-    return wait_for(page.messages, 30, "a message on the page")
 
 
 def test_api_reports_bad_input_and_keeps_serving(app, client, files):
