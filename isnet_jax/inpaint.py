@@ -5,20 +5,25 @@
 ``--input`` and ``--mask`` are each a file or a folder. Folders are matched by file name stem
 (``photos/cat.jpg`` takes ``masks/cat.png``); a single mask file serves every image. Each result
 is the composite (known pixels copied from the input, holes from the network) written as
-``OUTPUT/<stem>.png``.
+``OUTPUT/<stem>.png``, in the input's layout: grey stays grey, an alpha channel is kept as it
+was (the network sees RGB: grey repeated, alpha dropped).
 
 Masks: converted to grey and binarised at > 127. ``--mask-polarity hole-white`` (default: the
 convention of EdgeConnect, LaMa and OpenCV, white = area to fill) or ``hole-black`` (the NVIDIA
 irregular-mask files). Internally, as everywhere in this package, 1 = known and 0 = hole.
 
-Image sizes: ``--resize-mode pad`` (default) reflect-pads each image to a multiple of 16, runs
-at full resolution and crops back; ``--resize-mode resize`` runs at ``--size`` x ``--size`` (the
-resolution the model was trained at) and pastes the up-sampled result into the holes of the
-full-resolution image.
+Image sizes (``--resize-mode``): ``pad`` reflect-pads each image to a multiple of 16, runs at
+full resolution and crops back; ``resize`` runs at ``--size`` x ``--size`` (the resolution the
+model was trained at) and pastes the up-sampled result into the holes of the full-resolution
+image; ``crop`` runs, for each group of touching hole pixels, a square crop around it with
+``--crop-margin`` pixels of context (down-scaled to ``--size`` when larger; overlapping crops
+merge into one) and pastes the up-sampled prediction into that crop's holes; ``auto`` (default)
+is crop for images whose longer side exceeds ``--crop-above`` (default twice ``--size``) and pad
+for the others. Each progress line says which mode its images ran in.
 
 Per-image problems never stop the run; each gets one line and the other images go on:
-unreadable image or mask, missing or ambiguous mask, wrong-size mask (pad mode; resize mode
-resizes the mask with nearest neighbour), a mask with no hole (nothing to fill: no output is
+unreadable image or mask, missing or ambiguous mask, wrong-size mask (pad and crop modes; resize
+mode resizes the mask with nearest neighbour), a mask with no hole (nothing to fill: no output is
 written) and an existing output without ``--overwrite`` (left alone). A mask that is all hole is
 processed with a warning: the model then invents an image from nothing. The exit status is 1 if
 any image ended without an output file, else 0.
@@ -27,7 +32,8 @@ Python:
 
     from isnet_jax.inpaint import Inpainter
     inpainter = Inpainter.from_checkpoint("CKPT")
-    result = inpainter(image_uint8_hw3, known_mask_hw)  # -> uint8 (H, W, 3)
+    result = inpainter(image_uint8, known_mask_hw)  # grey, RGB or RGBA -> the same layout
+    done = inpainter.inpaint(image_uint8, known_mask_hw)  # .image, .mode, .windows
 """
 
 from __future__ import annotations
@@ -50,7 +56,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MULTIPLE = 16  # four 2x down-samplings in the generator's low-resolution branch
 POLARITIES = ("hole-white", "hole-black")
-RESIZE_MODES = ("pad", "resize")
+RESIZE_MODES = ("auto", "crop", "resize", "pad")
+# Crop mode: context kept around each group of holes, in image pixels (half the 256-px
+# training size: the network sees about as much context per hole as in training).
+CROP_MARGIN = 128
 # The model was trained on masks of up to 60 % hole (the NVIDIA test bands end there).
 TRAINED_MAX_HOLE = 0.6
 
@@ -105,6 +114,18 @@ def load_rgb(path: pathlib.Path) -> np.ndarray:
     return np.asarray(_to_8bit(_open(path, "image")).convert("RGB"), dtype=np.uint8)
 
 
+def load_image(path: pathlib.Path) -> np.ndarray:
+    """Any PIL-readable image as uint8 in the layout its result is written in: (H, W) for grey
+    images (16-bit and float reduced to 8 bits), (H, W, 4) for images with transparency,
+    (H, W, 3) for the rest (palette, CMYK, ... converted)."""
+    image = _to_8bit(_open(path, "image"))
+    if image.mode in ("L", "1"):
+        return np.asarray(image.convert("L"), dtype=np.uint8)
+    if "A" in image.getbands() or "transparency" in image.info:
+        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 def mask_to_known(grey: np.ndarray, polarity: str) -> np.ndarray:
     """8-bit grey mask -> bool (H, W), True = known pixel."""
     if polarity not in POLARITIES:
@@ -145,22 +166,116 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom and right exclusive
+
+
+def _window(bbox: Box, margin: int, height: int, width: int) -> Box:
+    """The square of side (longer bbox side + 2 * margin) centred on ``bbox``, shifted inside
+    the image; an axis the image is too short for is taken whole."""
+    top, left, bottom, right = bbox
+    side = max(bottom - top, right - left) + 2 * margin
+    spans = []
+    for lo, hi, dim in ((top, bottom, height), (left, right, width)):
+        length = min(side, dim)
+        start = (lo + hi) // 2 - length // 2
+        spans.append(min(max(start, 0), dim - length))
+        spans.append(spans[-1] + length)
+    return spans[0], spans[2], spans[1], spans[3]
+
+
+def _union(boxes: Sequence[Box]) -> Box:
+    a = np.asarray(boxes)
+    return int(a[:, 0].min()), int(a[:, 1].min()), int(a[:, 2].max()), int(a[:, 3].max())
+
+
+def crop_windows(known: np.ndarray, margin: int = CROP_MARGIN) -> list[tuple[Box, Box]]:
+    """The crops that ``mode="crop"`` runs the network on, as ``(window, holes_bbox)`` pairs.
+
+    Each 8-connected group of hole pixels gets a square window around its bounding box with
+    ``margin`` pixels of context on every side (clipped to the image). Groups whose windows
+    overlap are merged and get one window around their joint bounding box, repeatedly, so the
+    windows returned are pairwise disjoint and every hole pixel lies in exactly one of them.
+    """
+    from scipy import ndimage  # scikit-image's own dependency
+    from skimage import measure
+
+    height, width = known.shape
+    hole = ~known
+    near = hole
+    if margin > 1:
+        # Holes less than 2 * margin apart on both axes get overlapping windows, so they would
+        # merge below anyway. Joining them first keeps the pairwise check to a few hundred
+        # groups even for a mask sprinkled with specks (separable max filter: linear time).
+        near = ndimage.maximum_filter(hole.view(np.uint8), size=2 * margin - 1) > 0
+    labels = measure.label(near, connectivity=2) * hole  # group ids on the hole pixels only
+    groups = [region.bbox for region in measure.regionprops(labels)]
+    while True:
+        windows = np.asarray([_window(b, margin, height, width) for b in groups]).reshape(-1, 4)
+        # All pairs at once: a photo sprinkled with specks has thousands of groups.
+        overlap = (
+            (windows[:, None, 0] < windows[None, :, 2])
+            & (windows[None, :, 0] < windows[:, None, 2])
+            & (windows[:, None, 1] < windows[None, :, 3])
+            & (windows[None, :, 1] < windows[:, None, 3])
+        )
+        count, labels = _components(overlap)
+        if count == len(groups):
+            return [(tuple(map(int, w)), b) for w, b in zip(windows, groups, strict=True)]
+        groups = [
+            _union([g for g, label in zip(groups, labels, strict=True) if label == i])
+            for i in range(count)
+        ]
+
+
+def _components(adjacency: np.ndarray) -> tuple[int, np.ndarray]:
+    from scipy.sparse.csgraph import connected_components  # scikit-image's own dependency
+
+    if not len(adjacency):
+        return 0, np.zeros(0, int)
+    return connected_components(adjacency, directed=False)
+
+
+@dataclasses.dataclass
+class Inpainted:
+    """What :meth:`Inpainter.inpaint` did to one image."""
+
+    image: np.ndarray  # uint8, the input's shape: the input where known, filled in the holes
+    mode: str  # "pad", "resize" or "crop": what ran ("auto" resolved)
+    windows: list[Box]  # crop mode: the crops the network ran on; else the whole image
+    network_shapes: list[tuple[int, int]]  # (H, W) of each forward pass
+
+
 class Inpainter:
     """Runs a generator on images of any size and returns the composite.
 
-    ``mode="pad"`` runs at full resolution (reflect-padded to a multiple of 16);
-    ``mode="resize"`` runs at ``size`` x ``size`` and pastes the up-sampled prediction into the
-    holes of the full-resolution image. Known pixels are always copied from the input exactly.
+    Modes (``RESIZE_MODES``): ``"pad"`` runs at full resolution (reflect-padded to a multiple of
+    16); ``"resize"`` runs the whole image at ``size`` x ``size`` and pastes the up-sampled
+    prediction into its holes; ``"crop"`` runs one crop per group of holes (see
+    :func:`crop_windows`), each at ``size`` px at most, and pastes its holes back; ``"auto"``
+    (default) is crop when the image's longer side exceeds ``crop_above`` (default: twice
+    ``size``) and pad otherwise. Known pixels are always copied from the input exactly.
     """
 
-    def __init__(self, generator: nnx.Module, *, mode: str = "pad", size: int = 256):
+    def __init__(
+        self,
+        generator: nnx.Module,
+        *,
+        mode: str = "auto",
+        size: int = 256,
+        margin: int = CROP_MARGIN,
+        crop_above: int | None = None,
+    ):
         if mode not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
-        if mode == "resize" and (size <= 0 or size % MULTIPLE):
+        if size <= 0 or size % MULTIPLE:
             raise ValueError(f"--size must be a positive multiple of {MULTIPLE}, got {size}")
+        if margin < 0:
+            raise ValueError(f"--crop-margin must be at least 0, got {margin}")
         self.graphdef, self.state = nnx.split(generator)
         self.mode = mode
         self.size = size
+        self.margin = margin
+        self.crop_above = 2 * size if crop_above is None else crop_above
         self.meta: dict[str, Any] = {}
 
     @classmethod
@@ -168,24 +283,43 @@ class Inpainter:
         cls,
         path: str | pathlib.Path,
         step: int | None = None,
-        *,
-        mode: str = "pad",
-        size: int = 256,
+        **options: Any,
     ) -> Inpainter:
         """Loads the generator of a training workdir, its ``checkpoints/`` folder or a folder
-        written by ``python -m isnet_jax.convert`` (latest step unless ``step``)."""
+        written by ``python -m isnet_jax.convert`` (latest step unless ``step``). ``options``
+        are the constructor's (``mode``, ``size``, ``margin``, ``crop_above``)."""
         from isnet_jax import checkpoint
 
         generator, meta = checkpoint.restore_generator(path, step)
-        inpainter = cls(generator, mode=mode, size=size)
+        inpainter = cls(generator, **options)
         inpainter.meta = meta
         return inpainter
 
-    def network_shape(self, height: int, width: int) -> tuple[int, int]:
-        """The (height, width) the network runs at for an image of this size."""
-        if self.mode == "resize":
+    def resolve(self, height: int, width: int, mode: str | None = None) -> str:
+        """The mode that runs for an image of this size: ``mode`` (default ``self.mode``),
+        with auto decided."""
+        mode = mode or self.mode
+        if mode != "auto":
+            return mode
+        return "crop" if max(height, width) > self.crop_above else "pad"
+
+    def describe(self) -> str:
+        """One line on what the modes do with these settings."""
+        if self.mode == "auto":
+            return (
+                f"resize mode auto: crop (margin {self.margin} px, crops at {self.size} px) "
+                f"for images larger than {self.crop_above} px on a side, pad for the others"
+            )
+        return f"resize mode {self.mode}"
+
+    def network_shape(self, height: int, width: int, mode: str | None = None) -> tuple[int, int]:
+        """The (height, width) the network runs at for a whole image in pad or resize mode."""
+        mode = mode or self.resolve(height, width)
+        if mode == "resize":
             return self.size, self.size
-        return _padded(height), _padded(width)
+        if mode == "pad":
+            return _padded(height), _padded(width)
+        raise ValueError("crop mode runs one shape per crop: use crop_windows()")
 
     def predict(self, images: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Raw generator output for a batch: float (B, H, W, 3) in [0, 1] and (B, H, W, 1)
@@ -198,66 +332,153 @@ class Inpainter:
         )
         return np.asarray(out)
 
-    def prepare(self, image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (H, W, 3) image and bool (H, W) mask -> the network's float input and mask."""
+    def prepare(
+        self, image: np.ndarray, known: np.ndarray, mode: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (H, W, 3) image and bool (H, W) mask -> the network's float input and mask,
+        for a whole image in pad or resize mode."""
         h, w = known.shape
-        if self.mode == "resize":
-            small = Image.fromarray(image).resize((self.size, self.size), Image.Resampling.BICUBIC)
-            x = np.asarray(small, np.float32) / 255.0
-            # Area-average the hole map: a low-resolution pixel is a hole if any pixel under it is,
-            # so thin holes survive down-sampling and no hole content leaks in as "known".
-            hole = Image.fromarray((~known).astype(np.uint8) * 255)
-            hole = hole.resize((self.size, self.size), Image.Resampling.BOX)
-            k = (np.asarray(hole) == 0).astype(np.float32)
-        else:
-            ph, pw = _padded(h) - h, _padded(w) - w
-            # Reflect the mask with the image: padding a hole's mirror image as "known" would
-            # show the network the content it is meant to replace.
-            x = np.pad(image.astype(np.float32) / 255.0, ((0, ph), (0, pw), (0, 0)), "reflect")
-            k = np.pad(known.astype(np.float32), ((0, ph), (0, pw)), "reflect")
+        if (mode or self.resolve(h, w)) == "resize":
+            return _shrink(image, known, self.size, self.size)
+        ph, pw = _padded(h) - h, _padded(w) - w
+        # Reflect the mask with the image: padding a hole's mirror image as "known" would
+        # show the network the content it is meant to replace.
+        x = np.pad(image.astype(np.float32) / 255.0, ((0, ph), (0, pw), (0, 0)), "reflect")
+        k = np.pad(known.astype(np.float32), ((0, ph), (0, pw)), "reflect")
         return x, k[..., None]
 
-    def finish(self, prediction: np.ndarray, image: np.ndarray, known: np.ndarray) -> np.ndarray:
+    def finish(
+        self,
+        prediction: np.ndarray,
+        image: np.ndarray,
+        known: np.ndarray,
+        mode: str | None = None,
+    ) -> np.ndarray:
         """Network output for one prepared image -> uint8 (H, W, 3) composite at its size."""
         h, w = known.shape
-        if self.mode == "resize":
-            pred = Image.fromarray(_to_uint8(prediction)).resize((w, h), Image.Resampling.BICUBIC)
-            pred = np.asarray(pred)
+        if (mode or self.resolve(h, w)) == "resize":
+            pred = _enlarge(prediction, h, w)
         else:
             pred = _to_uint8(prediction[:h, :w])
         return np.where(known[..., None], image, pred)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """Inpaints one image.
+    def crop(self, image: np.ndarray, known: np.ndarray) -> tuple[np.ndarray, list, list]:
+        """Crop mode on a uint8 (H, W, 3) image: returns the composite, the windows and the
+        shape each ran at. Crops run one at a time: one compiled shape (``size`` x ``size``
+        for any crop away from the image's borders) serves every crop of every image."""
+        result = image.copy()
+        windows, shapes = [], []
+        for window, _ in crop_windows(known, self.margin):
+            top, left, bottom, right = window
+            h, w = bottom - top, right - left
+            patch, patch_known = image[top:bottom, left:right], known[top:bottom, left:right]
+            scale = min(1.0, self.size / max(h, w))
+            if scale < 1.0:
+                nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+                x, k = _shrink(patch, patch_known, nh, nw)
+            else:
+                nh, nw = h, w
+                x = patch.astype(np.float32) / 255.0
+                k = patch_known.astype(np.float32)[..., None]
+            ph, pw = _padded(nh) - nh, _padded(nw) - nw
+            x = np.pad(x, ((0, ph), (0, pw), (0, 0)), "reflect")
+            k = np.pad(k, ((0, ph), (0, pw), (0, 0)), "reflect")
+            prediction = self.predict(x[None], k[None])[0, :nh, :nw]
+            pred = _enlarge(prediction, h, w) if scale < 1.0 else _to_uint8(prediction)
+            hole = ~patch_known
+            result[top:bottom, left:right][hole] = pred[hole]
+            windows.append(window)
+            shapes.append(x.shape[:2])
+        return result, windows, shapes
+
+    def inpaint(self, image: np.ndarray, mask: np.ndarray, mode: str | None = None) -> Inpainted:
+        """Inpaints one image and says how.
 
         Args:
-          image: (H, W, 3) uint8, or float in [0, 1].
+          image: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA; uint8, or float in [0, 1].
           mask: (H, W) or (H, W, 1), 1 / True = known, 0 / False = hole (floats: > 0.5 known).
+          mode: overrides the inpainter's mode for this image.
         Returns:
-          uint8 (H, W, 3): the input where known, the network's prediction in the holes.
+          An :class:`Inpainted` whose ``image`` has the input's shape: the input, byte for
+          byte, where known (alpha everywhere), the network's prediction in the holes (its
+          luma for a grey image).
         """
-        image = _as_uint8_rgb(image)
+        if mode is not None and mode not in RESIZE_MODES:
+            raise ValueError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
+        original = _as_uint8(image)
+        rgb = _rgb_view(original)
         known = np.asarray(mask)
         if known.ndim == 3 and known.shape[-1] == 1:
             known = known[..., 0]
-        if known.shape != image.shape[:2]:
+        if known.shape != rgb.shape[:2]:
             raise ValueError(
-                f"mask shape {np.shape(mask)} does not match the image's {image.shape[:2]}"
+                f"mask shape {np.shape(mask)} does not match the image's {rgb.shape[:2]}"
             )
         known = known > 0.5 if known.dtype != bool else known
-        x, k = self.prepare(image, known)
-        return self.finish(self.predict(x[None], k[None])[0], image, known)
+        h, w = known.shape
+        mode = self.resolve(h, w, mode)
+        if mode == "crop":
+            filled, windows, shapes = self.crop(rgb, known)
+        else:
+            x, k = self.prepare(rgb, known, mode)
+            filled = self.finish(self.predict(x[None], k[None])[0], rgb, known, mode)
+            windows, shapes = [(0, 0, h, w)], [x.shape[:2]]
+        return Inpainted(_restore_layout(filled, original, known), mode, windows, shapes)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Inpaints one image (see :meth:`inpaint`); returns the composite, uint8, shaped as
+        the input."""
+        return self.inpaint(image, mask).image
 
 
-def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
+def _shrink(image: np.ndarray, known: np.ndarray, height: int, width: int):
+    """uint8 image and bool mask -> float image and (H, W, 1) mask at (height, width)."""
+    small = Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC)
+    x = np.asarray(small, np.float32) / 255.0
+    # Area-average the hole map: a low-resolution pixel is a hole if any pixel under it is,
+    # so thin holes survive down-sampling and no hole content leaks in as "known".
+    hole = Image.fromarray((~known).astype(np.uint8) * 255)
+    hole = hole.resize((width, height), Image.Resampling.BOX)
+    return x, (np.asarray(hole) == 0).astype(np.float32)[..., None]
+
+
+def _enlarge(prediction: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float (h, w, 3) prediction -> uint8 (height, width, 3), bicubic."""
+    image = Image.fromarray(_to_uint8(prediction))
+    return np.asarray(image.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def _as_uint8(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+        raise ValueError(
+            f"expected an (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA image, got {image.shape}"
+        )
     if image.dtype == np.uint8:
         return image
     if np.issubdtype(image.dtype, np.floating):
         return _to_uint8(image.astype(np.float32))
     raise ValueError(f"expected uint8 or float [0, 1] pixels, got {image.dtype}")
+
+
+def _rgb_view(image: np.ndarray) -> np.ndarray:
+    """What the network sees: grey repeated in three channels, RGBA without its alpha."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return np.ascontiguousarray(image[..., :3])
+
+
+def _restore_layout(filled: np.ndarray, original: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """The RGB composite back in the input's channel layout, known pixels copied exactly."""
+    if original.ndim == 3 and original.shape[-1] == 3:
+        return filled
+    if original.ndim == 3 and original.shape[-1] == 4:
+        return np.concatenate([filled, original[..., 3:]], axis=-1)
+    grey = np.asarray(Image.fromarray(filled).convert("L"))  # ITU-R 601-2 luma, as PIL
+    grey = np.where(known, original.reshape(known.shape), grey)
+    return grey.reshape(original.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +492,7 @@ class Job:
     mask: pathlib.Path
     output: pathlib.Path
     shape: tuple[int, int] = (0, 0)  # (H, W) of the image
+    mode: str = ""  # the resize mode it runs in (auto decided)
 
 
 class Report:
@@ -342,9 +564,13 @@ def plan(args: argparse.Namespace, report: Report) -> list[Job]:
     return jobs
 
 
-def _bucket(jobs: list[Job], inpainter: Inpainter, report: Report) -> dict[tuple, list[Job]]:
-    """Reads headers only and groups the jobs by the shape the network will run at."""
-    buckets: dict[tuple[int, int], list[Job]] = {}
+def _bucket(
+    jobs: list[Job], inpainter: Inpainter, report: Report
+) -> tuple[dict[tuple, list[Job]], list[Job]]:
+    """Reads headers only, decides each job's mode and groups the pad and resize jobs by the
+    shape the network will run at; crop jobs (one forward per crop) come back as a list."""
+    buckets: dict[tuple[str, int, int], list[Job]] = {}
+    crops = []
     for job in jobs:
         try:
             job.shape = _header_size(job.image, "image")
@@ -352,7 +578,8 @@ def _bucket(jobs: list[Job], inpainter: Inpainter, report: Report) -> dict[tuple
         except InputError as e:
             report.error(job.image, str(e))
             continue
-        if mask_shape != job.shape and inpainter.mode == "pad":
+        job.mode = inpainter.resolve(*job.shape)
+        if mask_shape != job.shape and job.mode != "resize":
             report.error(
                 job.image,
                 f"mask {job.mask} is {mask_shape[1]}x{mask_shape[0]} but the image is "
@@ -360,20 +587,24 @@ def _bucket(jobs: list[Job], inpainter: Inpainter, report: Report) -> dict[tuple
                 "size, or pass --resize-mode resize to resize masks",
             )
             continue
-        buckets.setdefault(inpainter.network_shape(*job.shape), []).append(job)
-    return buckets
+        if job.mode == "crop":
+            crops.append(job)
+        else:
+            key = (job.mode, *inpainter.network_shape(*job.shape, job.mode))
+            buckets.setdefault(key, []).append(job)
+    return buckets, crops
 
 
 def _load(job: Job, inpainter: Inpainter, polarity: str, report: Report):
     """Decodes one job's image and mask; None (reported) when it cannot or need not run."""
     try:
-        image = load_rgb(job.image)
+        image = load_image(job.image)
         known = load_mask(job.mask, polarity)
     except InputError as e:
         report.error(job.image, str(e))
         return None
     h, w = image.shape[:2]
-    if known.shape != (h, w):  # resize mode only: pad mode rejected these from the headers
+    if known.shape != (h, w):  # resize mode only: the others rejected these from the headers
         print(f"note: {job.image}: mask {job.mask} resized to {w}x{h} (nearest neighbour)")
         known = _resize_known(known, h, w)
     hole = 1.0 - known.mean()
@@ -429,7 +660,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         inpainter = Inpainter.from_checkpoint(
-            args.checkpoint, args.step, mode=args.resize_mode, size=args.size
+            args.checkpoint,
+            args.step,
+            mode=args.resize_mode,
+            size=args.size,
+            margin=args.crop_margin,
+            crop_above=args.crop_above,
         )
     except FileNotFoundError as e:
         raise SystemExit(f"error: {e}") from None
@@ -437,36 +673,55 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step {meta.get('step')}) "
         f"from {args.checkpoint}; running on {jax.devices()[0].platform} "
-        f"({jax.device_count()} device(s)), resize mode {args.resize_mode}"
+        f"({jax.device_count()} device(s)), {inpainter.describe()}"
     )
-    buckets = _bucket(jobs, inpainter, report)
+    buckets, crops = _bucket(jobs, inpainter, report)
     batches = []
-    for shape, bucket in buckets.items():
+    for key, bucket in buckets.items():
         size = min(args.batch_size, len(bucket))
-        batches += [(shape, size, bucket[i : i + size]) for i in range(0, len(bucket), size)]
-    print(f"{sum(map(len, buckets.values()))} image(s) in {len(batches)} batch(es)")
+        batches += [(key, size, bucket[i : i + size]) for i in range(0, len(bucket), size)]
+    crop_note = f" and {len(crops)} in crop mode, one at a time" if crops else ""
+    print(f"{sum(map(len, buckets.values()))} image(s) in {len(batches)} batch(es){crop_note}")
 
     compiled = set()
-    for index, (shape, size, batch) in enumerate(batches, 1):
+    for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
         start = time.perf_counter()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
         loaded = [(job, item) for job, item in loaded if item is not None]
         if not loaded:
             continue
-        inputs = [inpainter.prepare(image, known) for _, (image, known) in loaded]
+        inputs = [inpainter.prepare(_rgb_view(image), known, mode) for _, (image, known) in loaded]
         # Fill a short batch with copies: every batch of a bucket has one shape, one compile.
         inputs += [inputs[0]] * (size - len(inputs))
         predictions = inpainter.predict(
             np.stack([x for x, _ in inputs]), np.stack([k for _, k in inputs])
         )
         for (job, (image, known)), prediction in zip(loaded, predictions, strict=False):
-            _write(job, inpainter.finish(prediction, image, known), args.overwrite, report)
-        note = "" if (shape, size) in compiled else ", including compilation"
-        compiled.add((shape, size))
+            filled = inpainter.finish(prediction, _rgb_view(image), known, mode)
+            _write(job, _restore_layout(filled, image, known), args.overwrite, report)
+        note = "" if (*shape, size) in compiled else ", including compilation"
+        compiled.add((*shape, size))
         names = ", ".join(job.image.name for job, _ in loaded)
         print(
-            f"batch {index}/{len(batches)}: {len(loaded)} image(s) at {shape[1]}x{shape[0]} in "
-            f"{time.perf_counter() - start:.2f} s{note}: {names}",
+            f"batch {index}/{len(batches)}: {len(loaded)} image(s), {mode} mode at "
+            f"{shape[1]}x{shape[0]}, in {time.perf_counter() - start:.2f} s{note}: {names}",
+            flush=True,
+        )
+
+    for index, job in enumerate(crops, 1):
+        start = time.perf_counter()
+        item = _load(job, inpainter, args.mask_polarity, report)
+        if item is None:
+            continue
+        done = inpainter.inpaint(*item, mode="crop")
+        _write(job, done.image, args.overwrite, report)
+        new = {(*s, 1) for s in done.network_shapes} - compiled
+        compiled |= new
+        shapes = sorted({f"{w}x{h}" for h, w in done.network_shapes})
+        print(
+            f"crop {index}/{len(crops)}: {job.image.name} ({job.shape[1]}x{job.shape[0]}), "
+            f"crop mode: {len(done.windows)} crop(s) run at {', '.join(shapes)}, in "
+            f"{time.perf_counter() - start:.2f} s{', including compilation' if new else ''}",
             flush=True,
         )
 
@@ -505,15 +760,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resize-mode",
         choices=RESIZE_MODES,
-        default="pad",
-        help="pad: full resolution, reflect-padded to a multiple of 16; "
-        "resize: run at --size and paste into the holes (default: %(default)s)",
+        default="auto",
+        help="pad: full resolution, reflect-padded to a multiple of 16; resize: run the "
+        "whole image at --size and paste into the holes; crop: run a crop around each group of "
+        "holes at --size at most and paste its holes back; auto: crop for images larger than "
+        "--crop-above, pad for the others (default: %(default)s)",
     )
     parser.add_argument(
         "--size",
         type=int,
         default=256,
-        help="network resolution for --resize-mode resize (default: %(default)s)",
+        help="network resolution for resize and crop modes: the model's training size "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crop-margin",
+        type=int,
+        default=CROP_MARGIN,
+        help="crop mode: context in image pixels around each group of holes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crop-above",
+        type=int,
+        default=None,
+        help="auto mode: crop images whose longer side exceeds this many pixels "
+        "(default: twice --size)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)"
@@ -529,8 +800,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.resize_mode == "resize" and (args.size <= 0 or args.size % MULTIPLE):
+    if args.size <= 0 or args.size % MULTIPLE:
         parser.error(f"--size must be a positive multiple of {MULTIPLE}, got {args.size}")
+    if args.crop_margin < 0:
+        parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
     return args
 
 

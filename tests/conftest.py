@@ -57,6 +57,20 @@ def train_golden_dir() -> pathlib.Path:
     return _golden(TRAIN_GOLDEN_ARCHIVE, "train_golden.json")
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
+    """A model-only checkpoint of a random Generator(blocks=1): what the inference tests run."""
+    from flax import nnx
+
+    from isnet_jax import checkpoint
+    from isnet_jax.models import Generator
+
+    directory = tmp_path_factory.mktemp("tiny") / "ckpt"
+    generator = Generator(1, rngs=nnx.Rngs(0))
+    checkpoint.write_models(directory, 0, checkpoint.generator_meta("isnet", 1, "test"), generator)
+    return directory
+
+
 def pytest_configure(config):
     # Tests build the same tiny networks in several places (and subprocesses): a persistent
     # compilation cache turns every repeat compile into a load.

@@ -106,3 +106,27 @@ def test_compare_alternates_and_reports_ratios(tmp_path):
     assert result["train_step_speedup"] == pytest.approx(1.5)
     assert result["generator_speedup"] == pytest.approx(2.0)
     assert len(result["torch_train_step_s_rounds"]) == 2
+
+
+def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
+    """`python -m isnet_jax.benchmarks.inpaint` on a 200x150 photo with the tiny checkpoint."""
+    cmd = [
+        sys.executable, "-m", "isnet_jax.benchmarks.inpaint", "--width=200", "--height=150",
+        f"--checkpoint={tiny_checkpoint}", "--size=32", "--margin=8", "--repeats=1",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = {r["mode"]: r for r in summary["results"]}
+    assert list(results) == ["crop", "resize", "pad"]
+    # Three far-apart strokes: three crops, each down-scaled to the 32 px "training size".
+    assert results["crop"]["crops"] == 3 and results["crop"]["network_shapes"] == ["32x32"]
+    assert results["resize"]["network_shapes"] == ["32x32"]
+    assert results["pad"]["network_shapes"] == ["208x160"]
+    for mode, r in results.items():
+        assert 0.025 < r["hole"] < 0.035, (mode, r["hole"])
+        assert r["first_s"] > 0 and r["run_s"] > 0 and len(r["run_s_rounds"]) == 1, mode
+        assert r["peak_rss_bytes"] >= r["baseline_rss_bytes"] > 1 << 20, mode
+    ratio = results["pad"]["run_s"] / results["crop"]["run_s"]
+    assert summary["pad_over_crop"] == pytest.approx(ratio, abs=0.051)
+    assert "| crop | 3 crops at 32x32 |" in proc.stdout

@@ -14,11 +14,9 @@ import sys
 
 import numpy as np
 import pytest
-from flax import nnx
 from PIL import Image
 
-from isnet_jax import checkpoint, inpaint
-from isnet_jax.models import Generator
+from isnet_jax import inpaint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = ["--batch-size", "2"]  # every fast run uses it: one compile, shape (2, 32, 32, 3)
@@ -33,14 +31,6 @@ def _box_mask(h: int, w: int) -> np.ndarray:
     known = np.ones((h, w), bool)
     known[4 : h // 2, 6 : w - 5] = False
     return known
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
-    directory = tmp_path_factory.mktemp("tiny") / "ckpt"
-    generator = Generator(1, rngs=nnx.Rngs(0))
-    checkpoint.write_models(directory, 0, checkpoint.generator_meta("isnet", 1, "test"), generator)
-    return directory
 
 
 @pytest.fixture()
@@ -111,8 +101,12 @@ def test_folder_run_reports_each_problem_and_processes_the_rest(tiny_checkpoint,
     assert result.shape == (29, 31, 3) and result.dtype == np.uint8
     np.testing.assert_array_equal(result[known], source[known])
     assert np.abs(result[~known].astype(int) - source[~known]).mean() > 5
+    # Results keep the input's layout: grey stays grey (16 bits reduced to 8), alpha is kept.
     grey = np.asarray(Image.open(out / "grey16.png"))
-    assert grey.shape == (32, 32, 3)
+    assert grey.shape == (32, 32) and grey.dtype == np.uint8
+    rgba = np.asarray(Image.open(out / "rgba.png"))
+    assert rgba.shape == (32, 32, 4)
+    np.testing.assert_array_equal(rgba[..., 3], np.asarray(Image.open(images / "rgba.png"))[..., 3])
 
     # --overwrite replaces the existing file; the rest of the folder is done again.
     rc = inpaint.main([*args, "--output", str(out), *BATCH, "--overwrite"])
@@ -206,3 +200,136 @@ def test_cli_reproduces_release_composite(golden_dir, tmp_path):
     for i, expected in enumerate(golden["composite_eval"]):
         result = np.asarray(Image.open(out / f"g{i}.png")).astype(int)
         assert np.abs(result - np.round(expected * 255)).max() <= 1, i
+
+
+# --------------------------------------------------------------------------------------------
+# Crop mode: size 32 and margin 8 scale the 256 / 128 defaults down to the tiny model's size.
+# --------------------------------------------------------------------------------------------
+
+CROP = {"mode": "crop", "size": 32, "margin": 8}
+
+
+@pytest.fixture(scope="module")
+def crop_inpainter(tiny_checkpoint) -> inpaint.Inpainter:
+    return inpaint.Inpainter.from_checkpoint(tiny_checkpoint, **CROP)
+
+
+def _holes(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
+    known = np.ones((h, w), bool)
+    for top, left, bottom, right in boxes:
+        known[top:bottom, left:right] = False
+    return known
+
+
+def test_crop_mode_keeps_known_pixels_of_odd_rgb_grey_and_rgba(crop_inpainter):
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (75, 113, 4), dtype=np.uint8)  # odd sizes, random alpha
+    # One small hole, one whose crop (40 + 2 * 8 px) is down-scaled to 32, one on the border.
+    known = _holes(75, 113, (5, 7, 11, 12), (30, 60, 70, 100), (70, 0, 75, 6))
+    for name, image in {"rgb": rgba[..., :3], "grey": rgba[..., 0], "rgba": rgba}.items():
+        done = crop_inpainter.inpaint(image, known)
+        assert done.mode == "crop" and len(done.windows) == 3, name
+        assert done.image.shape == image.shape and done.image.dtype == np.uint8, name
+        np.testing.assert_array_equal(done.image[known], image[known], err_msg=name)
+        changed = np.abs(done.image[~known].astype(int) - image[~known])
+        assert changed.mean() > 5, name
+    # The grey result's holes are the luma of the RGB one; RGBA keeps its alpha everywhere.
+    rgb = crop_inpainter(rgba[..., :3], known)
+    grey = crop_inpainter(rgba[..., 0], known)
+    as_rgb = crop_inpainter(np.repeat(rgba[..., :1], 3, -1), known)
+    luma = np.asarray(Image.fromarray(as_rgb).convert("L"))
+    np.testing.assert_array_equal(grey[~known], luma[~known])
+    np.testing.assert_array_equal(crop_inpainter(rgba, known)[..., :3], rgb)
+    np.testing.assert_array_equal(crop_inpainter(rgba, known)[..., 3], rgba[..., 3])
+    # The 56x56 crop around the 40x40 hole ran at 32x32; every crop here did.
+    assert set(crop_inpainter.inpaint(rgba, known).network_shapes) == {(32, 32)}
+
+
+def test_crop_fills_far_holes_from_two_crops_and_close_holes_from_one(crop_inpainter):
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (96, 161, 3), dtype=np.uint8)
+    a, b = (10, 10, 16, 18), (70, 130, 78, 140)  # far apart: windows of side 8 + 16 and 10 + 16
+    windows = inpaint.crop_windows(_holes(96, 161, a, b), margin=8)
+    # By hand: a's window is 24 px centred on (13, 14): rows 1..25, cols 2..26; b's 26 px
+    # centred on (74, 135): rows 61..87, cols 122..148.
+    assert windows == [((1, 2, 25, 26), a), ((61, 122, 87, 148), b)]
+
+    both = crop_inpainter.inpaint(image, _holes(96, 161, a, b))
+    assert both.windows == [w for w, _ in windows]
+    # Each hole was filled from its own crop alone: the same as inpainting it by itself.
+    for box in (a, b):
+        alone = crop_inpainter(image, _holes(96, 161, box))
+        hole = ~_holes(96, 161, box)
+        np.testing.assert_array_equal(both.image[hole], alone[hole])
+
+    c = (10, 24, 16, 30)  # 6 px right of a: the two windows overlap and merge into one
+    close = crop_inpainter.inpaint(image, _holes(96, 161, a, c))
+    # By hand: the joint bbox rows 10..16, cols 10..30 -> side 20 + 16 = 36, centred on
+    # (13, 20): rows -5..31 shifted inside the image to 0..36, cols 2..38.
+    assert close.windows == [(0, 2, 36, 38)]
+    hole_a = ~_holes(96, 161, a)
+    alone_a = crop_inpainter(image, _holes(96, 161, a))
+    assert np.any(close.image[hole_a] != alone_a[hole_a])  # a saw c's crop, not its own
+    np.testing.assert_array_equal(close.image[_holes(96, 161, a, c)], image[_holes(96, 161, a, c)])
+
+    # A merge can make a window that overlaps a third group: that one joins as well.
+    # d's window (rows 32..52, cols 12..32) misses a's (1..25) and c's (rows 2..24) but
+    # overlaps their merged one (rows 0..36).
+    d = (40, 20, 44, 24)
+    assert len(inpaint.crop_windows(_holes(96, 161, a, d), margin=8)) == 2
+    assert len(inpaint.crop_windows(_holes(96, 161, c, d), margin=8)) == 2
+    merged = inpaint.crop_windows(_holes(96, 161, a, c, d), margin=8)
+    assert len(merged) == 1 and merged[0][1] == (10, 10, 44, 30)
+
+
+def test_auto_mode_crops_large_images_and_says_so(tiny_checkpoint, tmp_path, capsys):
+    images, masks, out = (tmp_path / d for d in ("images", "masks", "out"))
+    images.mkdir(), masks.mkdir()
+    rng = np.random.default_rng(4)
+    big = rng.integers(0, 256, (90, 131), dtype=np.uint8)  # grey: stays grey
+    Image.fromarray(big).save(images / "big.png")
+    big_known = _holes(90, 131, (10, 10, 16, 18), (70, 110, 78, 120))
+    _save_mask(masks / "big.png", big_known)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(images / "small.png")
+    _save_mask(masks / "small.png", _box_mask(32, 32))
+    rc = inpaint.main([
+        "--checkpoint", str(tiny_checkpoint), "--input", str(images), "--mask", str(masks),
+        "--output", str(out), "--size", "32", "--crop-margin", "8", *BATCH,
+    ])
+    captured = capsys.readouterr()
+    assert rc == 0, captured
+    assert "resize mode auto: crop (margin 8 px, crops at 32 px) for images larger than 64 px" \
+        in captured.out
+    assert len(_lines(captured.out, "pad mode at 32x32")) == 1
+    (crop_line,) = _lines(captured.out, "crop 1/1:")
+    assert "big.png (131x90), crop mode: 2 crop(s) run at 32x32" in crop_line, crop_line
+    result = np.asarray(Image.open(out / "big.png"))
+    assert result.shape == (90, 131)
+    np.testing.assert_array_equal(result[big_known], big[big_known])
+    assert np.abs(result[~big_known].astype(int) - big[~big_known]).mean() > 5
+
+    # An explicit mode wins over auto; crop rejects a mask of another size, as pad does.
+    _save_mask(masks / "big.png", big_known[:45])
+    rc = inpaint.main([
+        "--checkpoint", str(tiny_checkpoint), "--input", str(images / "big.png"),
+        "--mask", str(masks / "big.png"), "--output", str(out), "--overwrite",
+        "--resize-mode", "crop", "--size", "32",
+    ])
+    captured = capsys.readouterr()
+    assert rc == 1 and "is 131x45 but the image is 131x90" in captured.err
+
+
+def test_crop_windows_are_disjoint_and_cover_every_hole():
+    rng = np.random.default_rng(6)
+    for trial in range(6):
+        known = rng.random((300, 401)) > [0.0005, 0.002, 0.01][trial % 3]  # specks
+        for _ in range(trial):  # and a few blocks
+            top, left = rng.integers(0, 280), rng.integers(0, 380)
+            known[top : top + rng.integers(1, 40), left : left + rng.integers(1, 60)] = False
+        windows = inpaint.crop_windows(known, margin=16)
+        covered = np.zeros(known.shape, int)
+        for (top, left, bottom, right), (bt, bl, bb, br) in windows:
+            assert top <= bt < bb <= bottom and left <= bl < br <= right
+            covered[top:bottom, left:right] += 1
+        assert covered.max() == 1, trial  # pairwise disjoint
+        assert (covered[~known] == 1).all(), trial  # every hole pixel in one window
