@@ -264,3 +264,73 @@ def test_lpips_bad_files_name_the_file(tmp_path, weight_files):
         lpips.LPIPS.from_weights("squeeze", alexnet, lin_alex)
     with pytest.raises(FileNotFoundError, match="absent.pth"):
         lpips.LPIPS.from_weights("alex", tmp_path / "absent.pth", lin_alex)
+
+
+# ---------------------------------------------------------------------------------------------
+# The converter and the eval config
+
+
+def test_convert_cli_inception(tmp_path, weight_files):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def convert(*args):
+        return subprocess.run([sys.executable, "-m", "isnet_jax.convert", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+
+    out = convert("--inception", str(weight_files["alexnet"]), "--output", str(tmp_path / "x"))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {weight_files['alexnet']} is not")
+    assert "looks like torchvision's AlexNet" in lines[0]
+    assert not (tmp_path / "x").exists()
+
+    out = convert("--inception", str(weight_files["inception"]), "--output", str(tmp_path / "y"))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("inception (FID): ")
+    converted = fid.InceptionV3.from_weights(tmp_path / "y" / fid.NPZ_FILE)
+    original = fid.InceptionV3.from_weights(weight_files["inception"])
+    k1 = converted.Mixed_7c.branch_pool.conv.kernel.get_value()
+    k2 = original.Mixed_7c.branch_pool.conv.kernel.get_value()
+    np.testing.assert_array_equal(np.asarray(k1), np.asarray(k2))
+
+
+def _eval_config(**fields):
+    from conftest import tiny_config
+
+    return tiny_config(**{f"eval.{k}": v for k, v in fields.items()})
+
+
+def test_eval_config_loads_and_checks_the_weight_files(weight_files):
+    from isnet_jax import perceptual, sharding
+
+    mesh = sharding.create_mesh(None)
+    none = perceptual.PerceptualMetrics.from_config(_eval_config(), mesh)
+    assert not none.fid and not none.lpips
+    assert none.not_computed().startswith("FID and LPIPS not computed: set config.eval.fid")
+    # The net is read from the backbone file when lpips_net is empty.
+    only_lpips = perceptual.PerceptualMetrics.from_config(_eval_config(
+        lpips_backbone_weights=str(weight_files["vgg16"]),
+        lpips_lin_weights=str(weight_files["lin_vgg"])), mesh)
+    assert only_lpips.lpips and only_lpips.lpips_net == "vgg"
+    assert only_lpips.not_computed().startswith("FID not computed: set config.eval.fid_weights")
+    with pytest.raises(pth.PthError, match=r"^config.eval.lpips_backbone_weights: "
+                       + re.escape(str(weight_files["vgg16"])) + ".*net='vgg'"):
+        perceptual.PerceptualMetrics.from_config(_eval_config(
+            lpips_net="alex", lpips_backbone_weights=str(weight_files["vgg16"]),
+            lpips_lin_weights=str(weight_files["lin_alex"])), mesh)
+    with pytest.raises(pth.PthError, match=r"^config.eval.lpips_lin_weights: "
+                       + re.escape(str(weight_files["lin_vgg"]))):
+        perceptual.PerceptualMetrics.from_config(_eval_config(
+            lpips_backbone_weights=str(weight_files["alexnet"]),
+            lpips_lin_weights=str(weight_files["lin_vgg"])), mesh)
+    with pytest.raises(ValueError, match="lpips_lin_weights is not"):
+        perceptual.PerceptualMetrics.from_config(_eval_config(
+            lpips_backbone_weights=str(weight_files["alexnet"])), mesh)
+    with pytest.raises(pth.PthError, match=r"^config.eval.fid_weights: .*alexnet-owt-random"):
+        perceptual.PerceptualMetrics.from_config(_eval_config(
+            fid_weights=str(weight_files["alexnet"])), mesh)
+    with pytest.raises(ValueError, match="fid_method must be one of sqrtm, eigh"):
+        perceptual.PerceptualMetrics.from_config(_eval_config(fid_method="svd"), mesh)
