@@ -172,7 +172,8 @@ def evaluate_bands(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        accumulator = perceptual_metrics.band() if perceptual_metrics is not None else None
+        accumulator = (perceptual_metrics.band(band_label(band))
+                       if perceptual_metrics is not None else None)
         rows = SheetRows(num_sheet) if num_sheet > 0 else None
         r = results[band_label(band)] = evaluator(g_state, dataset, accumulator, rows)
         if rows is not None and (sheet := rows.sheet()) is not None:
@@ -282,7 +283,8 @@ def evaluate_checkpoint(
 
     data = config.data.name if config.data.source == "tfds" else config.data.source
     title = f"{data} ({config.data.eval_split}), step {meta['step']}"
-    note = perceptual_metrics.not_computed()
+    note = "\n".join(x for x in [perceptual_metrics.not_computed(),
+                                  *(f"Note: {f}." for f in perceptual_metrics.fallbacks)] if x)
     table = markdown_table(results, title, perceptual_metrics.lpips_net, note)
     print(table, flush=True)
     if jax.process_index() == 0:
@@ -290,8 +292,8 @@ def evaluate_checkpoint(
         out.mkdir(parents=True, exist_ok=True)
         report = {"checkpoint": str(path), "meta": meta, "bands": results,
                   **perceptual_metrics.describe()}
-        if note:
-            report["not_computed"] = note
+        if perceptual_metrics.not_computed():
+            report["not_computed"] = perceptual_metrics.not_computed()
         (out / "results.json").write_text(json.dumps(report, indent=1))
         (out / "table.md").write_text(table + "\n")
         for band, sheet in sheet_images.items():

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from isnet_jax import fid, lpips, sharding
@@ -105,6 +106,7 @@ class PerceptualMetrics:
         replicated = sharding.replicated(mesh)
         self._real: fid.FeatureStats | None = None
         self._reference: fid.Reference | None = None
+        self.fallbacks: list[str] = []  # FID values computed with "eigh" after sqrtm failed
         self._real_images: str | None = None
         self._inception = self._lpips = None
         if inception is not None:
@@ -141,14 +143,16 @@ class PerceptualMetrics:
         names = " and ".join(name for name, _ in missing)
         return f"{names} not computed: " + "; ".join(how for _, how in missing) + "."
 
-    def band(self) -> BandAccumulator:
-        return BandAccumulator(self)
+    def band(self, label: str = "") -> BandAccumulator:
+        return BandAccumulator(self, label)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.fid:
             out["fid"] = {"weights": self.fid_source, "method": self.fid_method,
                           "network": "pytorch-fid InceptionV3 pool3 (2048)"}
+        if self.fallbacks:
+            out["fid"]["fallbacks"] = list(self.fallbacks)
         if self.lpips:
             out["lpips"] = {"net": self.lpips_net, "version": "0.1"}
         return out
@@ -157,8 +161,9 @@ class PerceptualMetrics:
 class BandAccumulator:
     """FID statistics and LPIPS sums over one band's batches."""
 
-    def __init__(self, metrics: PerceptualMetrics):
+    def __init__(self, metrics: PerceptualMetrics, label: str = ""):
         self.m = metrics
+        self.label = label or "the band"
         self.reuse_real = metrics._real is not None
         self.fake = fid.FeatureStats() if metrics.fid else None
         self.fill = fid.FeatureStats() if metrics.fid else None
@@ -198,11 +203,28 @@ class BandAccumulator:
                 self.m._reference = fid.Reference(self.real.mean(), self.real.cov(),
                                                   self.m.fid_method)
             for key, stats in (("fid", self.fake), (BASELINE + "fid", self.fill)):
-                out[key] = self.m._reference.distance(stats.mean(), stats.cov())
+                out[key] = self._distance(key, stats)
             out["fid_images"] = float(self.fake.count)
         for k, v in self.lpips_sums.items():
             out[k] = v / count
         return out
+
+    def _distance(self, key: str, stats: fid.FeatureStats) -> float:
+        mu, sigma = stats.mean(), stats.cov()
+        try:
+            return self.m._reference.distance(mu, sigma)
+        except ValueError as e:
+            # scipy's square root of a singular product can come out complex where the exact
+            # one is real (few images, 2048 dimensions): pytorch-fid stops there. One band's
+            # failure must not cost the whole evaluation, so that value comes from the
+            # eigendecomposition instead, and the report says so next to the table.
+            if self.m.fid_method != "sqrtm" or "imaginary component" not in str(e):
+                raise
+            value = self.m._reference.distance(mu, sigma, method="eigh")
+            self.m.fallbacks.append(f"{key} of {self.label}: {e}; the value shown is from "
+                                    "fid_method=eigh")
+            logging.warning("%s", self.m.fallbacks[-1])
+            return value
 
 
 def _features(model: fid.InceptionV3, images, valid):

@@ -116,11 +116,28 @@ def test_fid_of_our_features_matches_pytorch_fid(features):
     assert fast == pytest.approx(expected, rel=2e-4)
 
 
+def _synthetic(case: str) -> tuple[np.ndarray, np.ndarray]:
+    c = reference()["synthetic"][case]
+    return tuple(c["scale"] * synthetic_features(c[seed], c["n"], c["dims"], c["rank"])
+                 for seed in ("seed_a", "seed_b"))
+
+
+def test_eigh_is_closer_than_scipys_sqrtm_to_the_exact_singular_value(vectors):
+    # With 6 images, sigma_a = A A^T for the centred features A (2048 x 6): the non-zero
+    # eigenvalues of sigma_a sigma_b are those of the 6x6 A^T sigma_b A, an exact route.
+    a, b = (vectors[f"{s}/features"].astype(np.float64) for s in ("fid_a", "fid_b"))
+    (mu_a, s_a), (mu_b, s_b) = fid.statistics(a), fid.statistics(b)
+    centred = (a - mu_a).T / np.sqrt(len(a) - 1)
+    lam = np.clip(np.linalg.eigvalsh(centred.T @ s_b @ centred), 0, None)
+    exact = (mu_a - mu_b) @ (mu_a - mu_b) + np.trace(s_a) + np.trace(s_b) - 2 * np.sqrt(lam).sum()
+    pytorch_fid = reference()["fid"]["images"]
+    eigh = fid.frechet_distance(a, b, method="eigh")
+    assert abs(eigh - exact) < 1e-6 * exact < abs(pytorch_fid - exact)  # 6e-8 and 1.7e-5
+
+
 @pytest.mark.parametrize("case", ["singular", "full_rank"])
 def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
-    c = reference()["synthetic"][case]
-    a = synthetic_features(c["seed_a"], c["n"], c["dims"], c["rank"])
-    b = synthetic_features(c["seed_b"], c["n"], c["dims"], c["rank"])
+    a, b = _synthetic(case)
     expected = reference()["fid"][case]
     assert fid.frechet_distance(a, b) == pytest.approx(expected, rel=1e-12)
     assert fid.frechet_distance(a, b, method="eigh") == pytest.approx(expected, rel=1e-6)
@@ -128,6 +145,31 @@ def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
     for method, rel in (("sqrtm", 1e-12), ("eigh", 1e-6)):
         ref = fid.Reference(*fid.statistics(b), method)
         assert ref.distance(*fid.statistics(a)) == pytest.approx(expected, rel=rel)
+
+
+def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
+    from isnet_jax import perceptual, sharding
+
+    a, b = _synthetic("sqrtm_fails")
+    theirs = reference()["fid"]["sqrtm_fails"]  # pytorch-fid's ValueError
+    magnitude = float(theirs.split()[-1])
+    with pytest.raises(ValueError, match="imaginary component") as e:
+        fid.frechet_distance(a, b)
+    assert float(re.search(r"component ([\d.e+-]+)", str(e.value))[1]) == pytest.approx(
+        magnitude, rel=1e-6)
+    exact = fid.frechet_distance(a, b, method="eigh")
+    # The evaluation keeps going: that band's value from the eigendecomposition, and a note.
+    metrics = perceptual.PerceptualMetrics(sharding.create_mesh(None), fid_method="sqrtm")
+    metrics._reference = fid.Reference(*fid.statistics(b), "sqrtm")
+    stats = fid.FeatureStats(a.shape[1])
+    stats.update(a)
+    with caplog.at_level(logging.WARNING):
+        value = perceptual.BandAccumulator(metrics, "20-30%")._distance("fid", stats)
+    assert value == pytest.approx(exact, rel=1e-9)
+    (note,) = metrics.fallbacks  # (the streamed covariance rounds differently from np.cov's)
+    assert note.startswith("fid of 20-30%: FID: the matrix square root has an imaginary")
+    assert note.endswith("the value shown is from fid_method=eigh")
+    assert "fid_method=eigh" in caplog.text
 
 
 def test_degenerate_statistics_fail_as_in_pytorch_fid(caplog):
@@ -334,3 +376,22 @@ def test_eval_config_loads_and_checks_the_weight_files(weight_files):
             fid_weights=str(weight_files["alexnet"])), mesh)
     with pytest.raises(ValueError, match="fid_method must be one of sqrtm, eigh"):
         perceptual.PerceptualMetrics.from_config(_eval_config(fid_method="svd"), mesh)
+
+
+def test_speed_benchmark_runs_in_a_tiny_mode():
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.fid_lpips", "--size=32", "--batch=1",
+           "--batches=1", "--fid_images=5", "--fid_dims=64", "--lpips", "alex"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("inception_per_100_images_s", "fid_per_100_images_per_band_s",
+                "lpips_alex_per_100_images_per_band_s", "frechet_sqrtm_s", "frechet_eigh_s"):
+        assert record[key] > 0, key
+    assert record["fid_per_100_images_per_band_s"] == pytest.approx(
+        2 * record["inception_per_100_images_s"])
