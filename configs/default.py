@@ -17,6 +17,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.blocks = 4  # residual blocks per branch per stage (1..4)
     config.compute_dtype = "float32"  # "bfloat16" on TPU/GPU; parameters stay float32
     config.remat = False  # recompute generator activations in the backward pass
+    # Start from trained weights (fine-tuning): a folder written by `python -m isnet_jax.convert`
+    # (the official weights) or another training workdir (its latest step, or "DIR@STEP").
+    # G's and D's weights and spectral-norm vectors are loaded; the optimiser states, the step
+    # and the data order start fresh. Ignored (with a warning) when the workdir already holds a
+    # checkpoint: resuming wins.
+    config.init_from = ""
+    # Initialisation of G's and D's convs (ISNET_REFERENCE.md, "Initialisation"): "release"
+    # draws kernels from N(0, init_scale^2) as the release's init_weights() (0.001); the
+    # "orthogonal" scheme makes every spectrally normalised kernel start as an isometry. Under
+    # spectral norm the scale sets Adam's effective learning rate (about lr / init_scale).
+    config.model.init = "release"
+    config.model.init_scale = 0.001
 
     # --- Losses (release defaults = paper eq. 2) --------------------------------------------
     config.loss = ml_collections.ConfigDict()
@@ -28,6 +40,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.style_weight = 250.0
     # VGG19 weights for the perceptual and style losses: torchvision's vgg19 .pth
     # (vgg19-dcbb9e9d.pth) or the .npz written by `python -m isnet_jax.convert --vgg19`.
+    # The demo's phase-in of G's adversarial and feature-matching terms (train.gan_ramp): their
+    # weights are 0 before gan_start_step, then rise to the values above over gan_ramp_steps.
+    # 0 and 0: on from the first step, as the release.
+    config.loss.gan_start_step = 0
+    config.loss.gan_ramp_steps = 0
     config.loss.vgg_weights = ""
     config.loss.vgg_normalization = "none"  # the release feeds [0, 1] RGB unnormalised
 
@@ -36,6 +53,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.d_lr_ratio = 0.1  # discriminator lr = d_lr_ratio * learning_rate
     config.beta1 = 0.0
     config.beta2 = 0.9
+    # "constant" (the release) or "cosine" decay to 0 at num_train_steps, after a linear
+    # warm-up of warmup_steps from 0 (release: none).
+    config.lr_schedule = "constant"
+    config.warmup_steps = 0
     config.batch_size = 8  # global batch, split over all devices of all hosts
     config.num_train_steps = 1_000_000
     config.seed = 42

@@ -62,11 +62,37 @@ def resolve(path: epath.PathLike, step: int | None = None) -> tuple[epath.Path, 
     )
 
 
+def all_steps(path: epath.PathLike) -> list[int]:
+    """The steps saved under a workdir (or a checkpoint folder), oldest first; [] when none."""
+    path = epath.Path(path)
+    for directory in (checkpoint_dir(path), path):
+        if directory.is_dir():
+            with _manager(directory) as mngr:
+                steps = sorted(mngr.all_steps())
+            if steps:
+                return steps
+    return []
+
+
+def split_step(source: str | epath.PathLike) -> tuple[epath.Path, int | None]:
+    """``"DIR@STEP"`` -> ``(DIR, STEP)``; ``"DIR"`` -> ``(DIR, None)`` (the latest step)."""
+    head, sep, tail = str(source).rpartition("@")
+    if sep and tail.isdigit():
+        return epath.Path(head), int(tail)
+    return epath.Path(source), None
+
+
 def _manager(directory: epath.Path, read_only: bool = True) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1
     )
-    return ocp.CheckpointManager(directory, options=options)
+    # Handlers named up front: item metadata (to check a tree before restoring it) needs them.
+    handlers = {
+        META: ocp.JsonCheckpointHandler(),
+        GENERATOR: ocp.StandardCheckpointHandler(),
+        DISCRIMINATOR: ocp.StandardCheckpointHandler(),
+    }
+    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
@@ -92,6 +118,98 @@ def abstract_pure_state(module: nnx.Module, sharding: jax.sharding.Sharding | No
     )
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    # "stages/0/blocks0/...": saved trees name list entries "0" where the live one has 0.
+    name = lambda k: str(getattr(k, "key", getattr(k, "idx", k)))  # noqa: E731
+    return {"/".join(map(name, path)): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _check_tree(saved, target, where: str) -> None:
+    """Names the first key that is missing, unexpected or of another shape in a saved item."""
+    saved, target = _shapes(saved), _shapes(target)
+    problems = [f"missing key {k}" for k in target if k not in saved]
+    problems += [f"unexpected key {k}" for k in saved if k not in target]
+    problems += [
+        f"key {k} is {saved[k]}, expected {shape}"
+        for k, shape in target.items()
+        if k in saved and saved[k] != shape
+    ]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(f"{where} does not fit this model: {problems[0]}{more}")
+
+
+def _item_dir(mngr: ocp.CheckpointManager, step: int, item: str) -> epath.Path:
+    return epath.Path(mngr.directory) / str(step) / item
+
+
+def _restore_module(
+    mngr: ocp.CheckpointManager,
+    step: int,
+    item: str,
+    abstract: nnx.Module,
+    sharding: jax.sharding.Sharding | None,
+) -> nnx.Module:
+    """Restores ``item`` of ``step`` into the abstract module (every key and shape checked)."""
+    target = abstract_pure_state(abstract, sharding)
+    # The item's own metadata: the manager's would scan (and warn about) every other item.
+    where = _item_dir(mngr, step, item)
+    _check_tree(ocp.StandardCheckpointHandler().metadata(where), target, str(where))
+    restored = mngr.restore(
+        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(target)})
+    )
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, restored[item])
+    return nnx.merge(graphdef, state)
+
+
+def restore_models(
+    path: epath.PathLike,
+    step: int | None = None,
+    *,
+    dtype: jnp.dtype = jnp.float32,
+    expect: tuple[str, int] | None = None,
+    with_discriminator: bool = True,
+    sharding: jax.sharding.Sharding | None = None,
+) -> tuple[nnx.Module, nnx.Module | None, dict[str, Any]]:
+    """Builds a checkpoint's generator (and discriminator, if it holds one) with their weights
+    and spectral-norm vectors.
+
+    ``path`` is a training workdir, its ``checkpoints/`` folder, a folder written by
+    ``python -m isnet_jax.convert``, or one step's folder. ``expect``, a ``(generator, blocks)``
+    pair, is checked against the checkpoint's meta before anything is restored. Returns
+    ``(generator, discriminator_or_None, meta)``; ``meta["step"]`` is the restored step.
+    """
+    directory, step = resolve(path, step)
+    with _manager(directory) as mngr:
+        meta = read_meta(mngr, step)
+        model = (meta.get("generator"), meta.get("blocks"))
+        if expect is not None and model != tuple(expect):
+            raise ValueError(
+                f"{directory / str(step) / META} holds generator {model[0]!r} with "
+                f"blocks={model[1]}, but the config asks for {expect[0]!r} with "
+                f"blocks={expect[1]}: set --config.model.generator={model[0]} "
+                f"--config.model.blocks={model[1]} to match"
+            )
+        # Built abstractly: running the initialisers eagerly would cost far more than the restore.
+        g = _restore_module(
+            mngr, step, GENERATOR,
+            nnx.eval_shape(lambda: models.create_generator(
+                model[0], model[1], dtype=dtype, rngs=nnx.Rngs(0))),
+            sharding,
+        )
+        d = None
+        if with_discriminator and _item_dir(mngr, step, DISCRIMINATOR).exists():
+            d = _restore_module(
+                mngr, step, DISCRIMINATOR,
+                nnx.eval_shape(lambda: models.Discriminator(dtype=dtype, rngs=nnx.Rngs(0))),
+                sharding,
+            )
+    meta["step"] = step
+    return g, d, meta
+
+
 def restore_generator(
     path: epath.PathLike,
     step: int | None = None,
@@ -102,26 +220,8 @@ def restore_generator(
 
     Returns ``(generator, meta)``; ``meta["step"]`` is the restored step.
     """
-    directory, step = resolve(path, step)
-    with _manager(directory) as mngr:
-        meta = read_meta(mngr, step)
-        # Built abstractly: running the initialisers eagerly would cost far more than the restore.
-        abstract = nnx.eval_shape(
-            lambda: models.create_generator(
-                meta["generator"], meta["blocks"], dtype=dtype, rngs=nnx.Rngs(0)
-            )
-        )
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                **{GENERATOR: ocp.args.StandardRestore(abstract_pure_state(abstract))}
-            ),
-        )
-    graphdef, state = nnx.split(abstract)
-    nnx.replace_by_pure_dict(state, restored[GENERATOR])
-    generator = nnx.merge(graphdef, state)
-    meta["step"] = step
-    return generator, meta
+    g, _, meta = restore_models(path, step, dtype=dtype, with_discriminator=False)
+    return g, meta
 
 
 def write_models(

@@ -18,6 +18,7 @@ that a key the release has and we lack, or the reverse, is an error and never a 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import pathlib
 import re
@@ -38,11 +39,13 @@ from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import NAMES as VGG_NAMES
 from isnet_jax.models.vgg import TORCH_INDICES as VGG_TORCH_INDICES
 from isnet_jax.models.vgg import VGG19
-from isnet_jax.pth import PthError, load_pth
+from isnet_jax.pth import PthError, load_pth, save_pth
 
 __all__ = [
     "PthError",
     "convert",
+    "export_official",
+    "official_state_dict",
     "load_official_discriminator",
     "load_official_generator",
     "load_torchvision_vgg19",
@@ -378,6 +381,99 @@ def load_vgg19(
 
 
 # ---------------------------------------------------------------------------------------------
+# Export: back to the release's format
+
+
+GEN_FILE = "InpaintingModel_gen.pth"
+DIS_FILE = "InpaintingModel_dis.pth"
+
+
+def official_state_dict(module: nnx.Module) -> collections.OrderedDict[str, np.ndarray]:
+    """A generator or discriminator as the release's state dict: its keys, OIHW kernels, u, v.
+
+    The discriminator's ``conv1`` is also listed as ``features.0`` (one module under two names
+    in the release, whose strict ``load_state_dict`` wants both).
+    """
+    if isinstance(module, Generator):
+        pairs = _generator_convs(module)
+    elif isinstance(module, Discriminator):
+        pairs = _discriminator_convs(module)
+    else:
+        raise TypeError(
+            f"the release's format holds the ISNet generator and the discriminator, not a "
+            f"{type(module).__name__}"
+        )
+    sd = collections.OrderedDict()
+    for key, (variable, shape, _) in _targets(pairs).items():
+        value = np.asarray(jax.device_get(variable.get_value()), np.float32)
+        sd[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+        assert sd[key].shape == shape, (key, sd[key].shape, shape)
+    if isinstance(module, Discriminator):
+        for name in ("weight_orig", "weight_u", "weight_v"):
+            sd[f"features.0.{name}"] = sd[f"conv1.0.{name}"]  # the same array: one storage
+    return sd
+
+
+def export_official(
+    generator: nnx.Module,
+    discriminator: nnx.Module | None,
+    out_dir: str | os.PathLike,
+    *,
+    epoch: int = 0,
+) -> list[pathlib.Path]:
+    """Writes ``InpaintingModel_gen.pth`` (and ``InpaintingModel_dis.pth``) in the release's
+    format: ``{'generator': state_dict, 'epoch': epoch}`` and ``{'discriminator': state_dict}``,
+    loadable by the release's own ``load_state_dict`` (and by ``load_official_*`` here).
+
+    Returns the paths written. Files are written beside their target and renamed, so an
+    interrupted export leaves no half file.
+    """
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = [(GEN_FILE, {"generator": official_state_dict(generator), "epoch": int(epoch)})]
+    if discriminator is not None:
+        items.append((DIS_FILE, {"discriminator": official_state_dict(discriminator)}))
+    written = []
+    for name, obj in items:
+        fd, partial = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
+        os.close(fd)
+        try:
+            save_pth(obj, partial)
+            os.replace(partial, out_dir / name)
+        except BaseException:
+            os.unlink(partial)
+            raise
+        written.append(out_dir / name)
+    return written
+
+
+def export_checkpoint(
+    source: str, output: str | os.PathLike, *, overwrite: bool = False
+) -> list[str]:
+    """``--export WORKDIR[@STEP]``: a training run's (or converted folder's) G and D -> .pth."""
+    path, step = checkpoint.split_step(source)
+    g, d, meta = checkpoint.restore_models(path, step)
+    if meta["generator"] != "isnet":
+        raise ValueError(
+            f"{path} holds the {meta['generator']!r} generator; the release's format exists only "
+            "for ISNet (model.generator='isnet')"
+        )
+    output = pathlib.Path(output)
+    for name in (GEN_FILE, DIS_FILE):
+        if (output / name).exists() and not overwrite:
+            raise FileExistsError(
+                f"{output / name} exists; pass --overwrite to replace it, or choose a new folder"
+            )
+    files = export_official(g, d, output, epoch=meta["step"])
+    lines = [f"generator: ISNet, blocks={g.blocks}, step {meta['step']} -> {files[0]}"]
+    if d is not None:
+        lines.append(f"discriminator -> {files[1]}")
+    else:
+        lines.append(f"discriminator: none in {path} (converted without --discriminator)")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -467,6 +563,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Convert the official ISNet release's PyTorch checkpoints (and torchvision's "
         "VGG19) to an isnet_jax checkpoint folder. PyTorch is not needed.",
     )
+    parser.add_argument(
+        "--export", metavar="WORKDIR[@STEP]",
+        help="the other way: write a training run's (or converted folder's) generator and "
+        "discriminator as the release's InpaintingModel_gen.pth / InpaintingModel_dis.pth "
+        "(latest step unless @STEP)",
+    )
     parser.add_argument("--generator", help="the release's InpaintingModel_gen.pth")
     parser.add_argument("--discriminator", help="the release's InpaintingModel_dis.pth")
     parser.add_argument("--vgg19", help="torchvision's vgg19-dcbb9e9d.pth (or its features)")
@@ -476,8 +578,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a checkpoint / vgg19.npz already in --output")
     args = parser.parse_args(argv)
+    if args.export is not None:
+        if args.generator or args.discriminator or args.vgg19 or args.inception:
+            parser.error("--export writes .pth files; it takes no --generator/--discriminator/"
+                         "--vgg19/--inception (convert those in a separate call)")
+        try:
+            lines = export_checkpoint(args.export, args.output, overwrite=args.overwrite)
+        except (FileNotFoundError, FileExistsError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        print("\n".join(lines))
+        return 0
     if args.generator is None and args.vgg19 is None and args.inception is None:
-        parser.error("give --generator, --vgg19 and/or --inception")
+        parser.error("give --generator, --vgg19 and/or --inception (or --export)")
     if args.discriminator is not None and args.generator is None:
         parser.error("--discriminator is stored beside its generator: give --generator too")
     try:

@@ -8,7 +8,6 @@ together from one forward pass (simultaneous update), data parallel over a ``Mes
 from __future__ import annotations
 
 import dataclasses
-import functools
 import signal
 import threading
 import time
@@ -86,6 +85,9 @@ def build_networks(
         config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat, rngs=rngs
     )
     d = models.Discriminator(dtype=dtype, rngs=rngs)
+    # The release initialises G and D alike (BaseNetwork.init_weights); so do we, by config.
+    for module in (g, d):
+        models.init_weights(module, config.model.init, config.model.init_scale, rngs=rngs)
     vgg = load_vgg(config) if with_vgg and uses_vgg(config) else None
     return g, d, vgg
 
@@ -123,12 +125,14 @@ def compute_terms(
     gan_type: str = "hinge",
     train: bool = True,
 ):
-    """Unweighted loss terms of one step, from one forward pass of G.
+    """Unweighted loss terms of one step, as the release's ``process()`` computes them.
 
-    Gradients are routed so that one ``jax.grad`` of the *sum* of all terms gives each network
-    exactly its own gradient: D's loss sees the prediction detached, G's terms see D's
-    parameters detached. D judges the real and the detached fake batch in one call (one power
-    iteration per step in training); G's adversarial and feature-matching terms reuse that D.
+    One forward pass of G, then three calls of D in the release's order, each (in training)
+    advancing D's power iteration once: ``D(image)``, ``D(stop_grad(pred))``, ``D(pred)``. D's
+    loss comes from the first two; G's adversarial and feature-matching terms from the third
+    (feature matching against the first call's activations). Gradients are routed so that one
+    ``jax.grad`` of the *sum* of all terms gives each network exactly its own gradient: D's loss
+    sees the prediction detached, G's terms see D's parameters detached.
 
     Args:
       g_vars, d_vars: ``(params, spectral_state)`` of G and D.
@@ -142,14 +146,14 @@ def compute_terms(
     new_g_spec = nnx.state(g, SpectralState)
 
     d = nnx.merge(nets.d_def, *d_vars, copy=True)
-    batch = image.shape[0]
-    logits, feats = d(jnp.concatenate([image, jax.lax.stop_gradient(pred)]), train=train)
-    new_d_spec = nnx.state(d, SpectralState)
-    real_logits, fake_logits_detached = logits[:batch], logits[batch:]
-    real_feats = [f[:batch] for f in feats]
-
-    d_frozen = nnx.merge(nets.d_def, jax.lax.stop_gradient(d_vars[0]), new_d_spec, copy=True)
-    fake_logits, fake_feats = d_frozen(pred, train=False)
+    real_logits, real_feats = d(image, train=train)
+    fake_logits_detached, _ = d(jax.lax.stop_gradient(pred), train=train)
+    # G's call: D's weights detached, its power iteration continuing from the second call's.
+    d_for_g = nnx.merge(
+        nets.d_def, jax.lax.stop_gradient(d_vars[0]), nnx.state(d, SpectralState), copy=True
+    )
+    fake_logits, fake_feats = d_for_g(pred, train=train)
+    new_d_spec = nnx.state(d_for_g, SpectralState)
 
     terms = {
         "l1": losses.l1(pred, image, mask),
@@ -173,15 +177,59 @@ def loss_weights(config: ml_collections.ConfigDict) -> dict[str, float]:
     return {t: float(config.loss[f]) for t, f in _WEIGHT_FIELDS.items()}
 
 
+GAN_TERMS = ("g_adv", "feature_matching")
+
+
+def gan_ramp(config: ml_collections.ConfigDict, step: jax.Array) -> jax.Array:
+    """The factor on G's adversarial and feature-matching weights at ``step`` (0-based):
+    0 before ``config.loss.gan_start_step``, then rising linearly to 1 over
+    ``config.loss.gan_ramp_steps``. The release has neither (factor 1 throughout); D trains
+    from the first step either way."""
+    start, ramp = config.loss.gan_start_step, config.loss.gan_ramp_steps
+    if start == 0 and ramp == 0:
+        return jnp.ones((), jnp.float32)
+    return jnp.clip((step.astype(jnp.float32) - start + 1.0) / max(ramp, 1), 0.0, 1.0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Train state and step
 # ---------------------------------------------------------------------------------------------
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
+    """``config.lr_schedule``: "constant" (the release) or "cosine" decay to 0 over
+    ``num_train_steps``; either after a linear warm-up of ``config.warmup_steps`` from 0."""
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(
+            f"config.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+            f"{config.lr_schedule!r}"
+        )
+    warmup = config.warmup_steps
+    if config.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(
+            0.0, peak, warmup, max(config.num_train_steps, warmup + 1)
+        )
+    if not warmup:
+        return optax.constant_schedule(peak)
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
+    )
+
+
 def make_optimizers(config: ml_collections.ConfigDict):
-    """Adam for G (lr, betas 0 / 0.9) and D (``d_lr_ratio`` x lr), as the release."""
-    g_tx = optax.adam(config.learning_rate, b1=config.beta1, b2=config.beta2)
-    d_tx = optax.adam(config.learning_rate * config.d_lr_ratio, b1=config.beta1, b2=config.beta2)
+    """Adam for G (lr, betas 0 / 0.9) and D (``d_lr_ratio`` x lr), as the release; the
+    schedule (``learning_rate_schedule``) counts Adam's own steps, so a resumed run continues it
+    and a fine-tuning run starts it afresh."""
+    g_tx = optax.adam(
+        learning_rate_schedule(config, config.learning_rate), b1=config.beta1, b2=config.beta2
+    )
+    d_tx = optax.adam(
+        learning_rate_schedule(config, config.learning_rate * config.d_lr_ratio),
+        b1=config.beta1, b2=config.beta2,
+    )
     return g_tx, d_tx
 
 
@@ -268,26 +316,76 @@ class Trainer:
         )
         self.predict = jax.jit(self._predict, out_shardings=batch_sharding)
 
-    @functools.cached_property
-    def initial_state(self) -> dict[str, Any]:
-        """Freshly initialised training state (compiled and run on first use, then cached)."""
+    def init_state(self) -> dict[str, Any]:
+        """A freshly initialised training state, new arrays on every call.
+
+        The training step donates its input state, so a state must not be used twice; each
+        call here gives arrays of their own (the init program is compiled once).
+        """
         return self._init()
 
+    def read_weights(self, source: str) -> dict[str, nnx.State]:
+        """G's and D's weights and spectral-norm vectors from ``source``, as train-state entries.
+
+        ``source`` (``config.init_from``): a folder written by ``python -m isnet_jax.convert``
+        (the official weights) or a training workdir, its latest step or ``DIR@STEP``. Returns
+        ``{"g_params", "g_spec"}`` and, when the source has a discriminator, ``{"d_params",
+        "d_spec"}``: merged into ``init_state()``, a fine-tuning run starts at step 0 with fresh
+        Adam moments. A source without a discriminator (converted without ``--discriminator``)
+        leaves D as initialised, with a warning. Raises ``FileNotFoundError`` / ``ValueError``
+        naming the file (and key) when the source does not fit this config's model.
+        """
+        path, step = checkpoint.split_step(source)
+        g, d, meta = checkpoint.restore_models(
+            path, step,
+            expect=(self.config.model.generator, self.config.model.blocks),
+            sharding=sharding.replicated(self.mesh),
+        )
+        weights = dict(zip(("g_params", "g_spec"), _split(g)[1:], strict=True))
+        logging.info("Initialising G from %s, step %d (%s).", path, meta["step"],
+                     meta.get("source", "a training run"))
+        if d is None:
+            logging.warning(
+                "%s holds no discriminator: D starts from its initialisation. To fine-tune the "
+                "release's D too, convert with --discriminator InpaintingModel_dis.pth.", path
+            )
+        else:
+            weights.update(zip(("d_params", "d_spec"), _split(d)[1:], strict=True))
+            logging.info("Initialising D from the same checkpoint.")
+        return weights
+
+    def modules(self, state: dict[str, Any]) -> tuple[nnx.Module, nnx.Module]:
+        """``(generator, discriminator)`` of a training state, as NNX modules (copies)."""
+        g = nnx.merge(self.nets.g_def, state["g_params"], state["g_spec"], copy=True)
+        d = nnx.merge(self.nets.d_def, state["d_params"], state["d_spec"], copy=True)
+        return g, d
+
     # The step ------------------------------------------------------------------------------
-    def _train_step(self, state, vgg_state, image, mask):
+    def gradients(self, state, vgg_state, image, mask):
+        """``((g_grads, d_grads), (terms, g_loss, pred, new_g_spec, new_d_spec))`` of one step.
+
+        Traceable; the training step applies these through Adam.
+        """
         def total_loss(g_params, d_params):
             terms, pred, g_spec, d_spec = compute_terms(
                 self.nets, (g_params, state["g_spec"]), (d_params, state["d_spec"]), vgg_state,
                 image, mask, gan_type=self.gan_type, train=True,
             )
-            g_loss = sum(self.weights[t] * terms[t] for t in self.weights)
+            ramp = gan_ramp(self.config, state["step"])
+            g_loss = sum(
+                self.weights[t] * terms[t] * (ramp if t in GAN_TERMS else 1.0)
+                for t in self.weights
+            )
             # G's terms see D detached and D's loss sees the prediction detached, so one
             # gradient of the sum is each network's own gradient.
             return g_loss + terms["d_loss"], (terms, g_loss, pred, g_spec, d_spec)
 
-        grads, aux = jax.grad(total_loss, argnums=(0, 1), has_aux=True)(
+        return jax.grad(total_loss, argnums=(0, 1), has_aux=True)(
             state["g_params"], state["d_params"]
         )
+
+    def _train_step(self, state, vgg_state, image, mask):
+        grads, aux = self.gradients(state, vgg_state, image, mask)
         terms, g_loss, pred, g_spec, d_spec = aux
         g_updates, g_opt = self.g_tx.update(grads[0], state["g_opt"], state["g_params"])
         d_updates, d_opt = self.d_tx.update(grads[1], state["d_opt"], state["d_params"])
@@ -537,6 +635,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     latest = mngr.latest_step()
     if latest is not None:
         logging.info("Resuming from the checkpoint of step %d in %s.", latest, mngr.directory)
+        if config.init_from:
+            logging.warning(
+                "config.init_from=%s is ignored: %s already holds a checkpoint, and resuming it "
+                "wins. Use a new workdir to start over from %s.",
+                config.init_from, workdir, config.init_from,
+            )
         with_position = check_resumable(mngr, latest, config)
         state = restore_checkpoint(
             mngr, latest, trainer.abstract_state, trainer.state_sharding,
@@ -544,7 +648,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
     else:
         logging.info("No checkpoint in %s: starting from step 0.", mngr.directory)
-        state = trainer.initial_state
+        # Read first: a source that does not fit stops the run before anything is compiled.
+        weights = trainer.read_weights(config.init_from) if config.init_from else {}
+        state = {**trainer.init_state(), **weights}
     first_step = int(jax.device_get(state["step"]))
 
     # Metrics -------------------------------------------------------------------------------------

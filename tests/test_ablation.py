@@ -184,9 +184,11 @@ def test_upsample_bilinear_matches_torch_formula(factor):
 
 def test_conv_transpose_matches_scatter_definition():
     layer = ablation.ConvTranspose(3, 2, 4, stride=2, padding=1, rngs=nnx.Rngs(0))
-    bound = 1 / np.sqrt(2 * 4 * 4)  # torch's default init: fan_in = out_channels * k * k
-    assert 0.5 * bound < float(jnp.max(jnp.abs(layer.kernel[...]))) <= bound
-    x = np.random.default_rng(1).normal(size=(1, 3, 5, 3)).astype(np.float32)
+    assert not np.any(np.asarray(layer.bias[...]))  # the release's init: bias 0
+    rng = np.random.default_rng(1)
+    layer.kernel[...] = jnp.asarray(rng.normal(size=(4, 4, 3, 2)).astype(np.float32))
+    layer.bias[...] = jnp.asarray(rng.normal(size=(2,)).astype(np.float32))
+    x = rng.normal(size=(1, 3, 5, 3)).astype(np.float32)
     w, b = np.asarray(layer.kernel[...]), np.asarray(layer.bias[...])
     # torch: out[s*i - p + kh, s*j - p + kw] += x[i, j] @ w[kh, kw]; crop to (H-1)*s - 2p + k.
     full = np.zeros((1, (3 - 1) * 2 + 4, (5 - 1) * 2 + 4, 2), np.float32)

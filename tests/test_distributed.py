@@ -20,7 +20,7 @@ _WORKER = textwrap.dedent(
     import json, sys
     import jax
     sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_config
+    from conftest import step_distance, tiny_config
     mode, workdir = sys.argv[2], sys.argv[3]
     config = tiny_config(batch_size=8, num_train_steps=2, checkpoint_every_steps=2,
                          log_every_steps=1, image_every_steps=2)
@@ -41,37 +41,37 @@ _WORKER = textwrap.dedent(
     trainer = train.Trainer(config, mesh)
     iters = [input_pipeline.create_train_iterator(config, process_index=p, process_count=2)
              for p in range(2)]
-    state = trainer.initial_state
+    state = trainer.init_state()
     for _ in range(2):
         parts = [next(it) for it in iters]
         image, mask = (jax.device_put(np.concatenate([p[k] for p in parts]),
                                       trainer.batch_sharding) for k in ("image", "mask"))
         state, _ = trainer.train_step(state, trainer.vgg_state, image, mask)
-    ours = {"generator": nnx.to_pure_dict(nnx.merge_state(state["g_params"], state["g_spec"])),
-            "discriminator": nnx.to_pure_dict(nnx.merge_state(state["d_params"],
-                                                              state["d_spec"]))}
     one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device),
-                          ours)
+    abstract = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=one_device), tree)
+    g, d = trainer.modules(state)
+    items = {"generator": nnx.to_pure_dict(nnx.state(g)),
+             "discriminator": nnx.to_pure_dict(nnx.state(d)),
+             "g_opt": state["g_opt"], "d_opt": state["d_opt"]}
     with ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir)) as mngr:
         restored = mngr.restore(2, args=ocp.args.Composite(
-            **{k: ocp.args.StandardRestore(v) for k, v in target.items()}))
-    theirs = jax.tree.leaves({k: restored[k] for k in ours})
+            **{k: ocp.args.StandardRestore(abstract(v)) for k, v in items.items()}))
     # The user-facing restore (evaluation, inference) reads the same multi-host checkpoint.
     generator, meta = checkpoint.restore_generator(workdir)
     assert meta["step"] == 2
     np.testing.assert_array_equal(
         np.asarray(jax.tree.leaves(nnx.to_pure_dict(nnx.state(generator)))[0]),
         np.asarray(jax.tree.leaves(restored["generator"])[0]))
-    ours = jax.tree.leaves(ours)
-    assert len(ours) == len(theirs)
-    # Relative error of each array as a whole, ||a - b|| / ||a||; the worst array counts.
-    worst = max(float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(a))
-                for a, b in zip(ours, theirs))
-    elementwise = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                      / max(1e-6, float(np.max(np.abs(np.asarray(a)))))
-                      for a, b in zip(ours, theirs))
-    print(json.dumps({"param_rel": worst, "max_abs_over_max": elementwise, "leaves": len(ours)}))
+    theirs = {"g_opt": restored["g_opt"], "d_opt": restored["d_opt"]}
+    for module, item, prefix in ((g, "generator", "g"), (d, "discriminator", "d")):
+        module_state = nnx.state(module)
+        nnx.replace_by_pure_dict(module_state, restored[item])
+        nnx.update(module, module_state)
+        _, theirs[prefix + "_params"], theirs[prefix + "_spec"] = train._split(module)
+    result = step_distance(jax.device_get(state), jax.device_get(theirs), config.learning_rate)
+    result["leaves"] = len(jax.tree.leaves(items))
+    print(json.dumps(result))
     """
 )
 
@@ -112,4 +112,9 @@ def test_two_processes_match_one_process_and_checkpoint_restores_in_one(tmp_path
     result = json.loads(single.stdout.strip().splitlines()[-1])
     assert result["leaves"] > 100
     print(result)
-    assert result["param_rel"] < 1e-5, result
+    # As tests/test_train.py's sharded test: gradients (Adam's first moments) and u, v closely,
+    # parameters by the share of ill-conditioned elements (conftest.step_distance).
+    # The second step's gradients are taken where the first step's few ill-conditioned
+    # elements may differ: one D kernel element moved by 2 * lr changes D's gradient by ~1e-3
+    # (measured 1.9e-3 on D's conv2); a sharding fault moves it by O(1).
+    assert result["grad"] < 1e-2 and result["param_outliers"] < 1e-4, result

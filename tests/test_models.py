@@ -106,9 +106,11 @@ def test_generator_output_range_and_size_check():
 def test_bfloat16_compute_keeps_float32_parameters():
     g = models.Generator(1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(g, nnx.Param)))
-    y = g(jnp.full((1, 16, 16, 3), 0.5))
+    # Train mode: an untrained model's u, v are random (as the release's), so eval mode would
+    # divide by an arbitrary sigma; one power iteration makes it a real estimate.
+    y = g(jnp.full((1, 16, 16, 3), 0.5), train=True)
     assert y.dtype == jnp.float32
-    ref = models.Generator(1, rngs=nnx.Rngs(0))(jnp.full((1, 16, 16, 3), 0.5))
+    ref = models.Generator(1, rngs=nnx.Rngs(0))(jnp.full((1, 16, 16, 3), 0.5), train=True)
     assert float(jnp.max(jnp.abs(y - ref))) < 0.05
 
 
@@ -129,3 +131,54 @@ def test_vgg_max_pool_matches_reduce_window_value_and_gradient(shape):
     want = jax.grad(lambda x: jnp.sum(reference(x) * weights))(x)
     assert np.count_nonzero(np.asarray(want)) == weights.size  # one winner per window
     np.testing.assert_array_equal(got, want)
+
+
+def _convs(module):
+    return [m for _, m in nnx.iter_modules(module) if isinstance(getattr(m, "kernel", None),
+                                                                   nnx.Param)]
+
+
+# Every block count and the BaseModel variants build from the same Conv class as these.
+@pytest.mark.parametrize("build", [
+    lambda r: models.Generator(1, rngs=r),
+    lambda r: models.Discriminator(rngs=r),
+    lambda r: models.create_generator("unet", rngs=r),
+], ids=["isnet", "discriminator", "unet"])
+def test_release_initialisation_statistics(build):
+    """ISNET_REFERENCE.md, "Initialisation": kernels ~ N(0, 0.001), biases 0, u and v random
+    unit vectors with no power iteration."""
+    module = build(nnx.Rngs(0))
+    convs = _convs(module)
+    kernels = np.concatenate([np.asarray(c.kernel[...]).ravel() for c in convs])
+    assert abs(kernels.std() - layers.RELEASE_INIT_STD) < 0.01 * layers.RELEASE_INIT_STD
+    assert abs(kernels.mean()) < 5 * layers.RELEASE_INIT_STD / np.sqrt(kernels.size)
+    for conv in convs:
+        k = np.asarray(conv.kernel[...])
+        if k.size >= 10_000:  # each big kernel on its own, too
+            assert abs(k.std() - layers.RELEASE_INIT_STD) < 0.05 * layers.RELEASE_INIT_STD
+        if conv.bias is not None:
+            assert not np.any(np.asarray(conv.bias[...]))
+    spectral = [c for c in convs if getattr(c, "spectral_norm", False)]
+    assert len(spectral) > 0 or isinstance(module, models.ablation.UNet)
+    cosines = []
+    for conv in spectral:
+        u, v = np.asarray(conv.u[...], np.float64), np.asarray(conv.v[...], np.float64)
+        np.testing.assert_allclose([np.linalg.norm(u), np.linalg.norm(v)], 1.0, rtol=1e-5)
+        # After a power iteration v would be exactly W^T u / |W^T u|; drawn independently, the
+        # two are unrelated directions.
+        wtu = np.asarray(layers.kernel_matrix(conv.kernel[...]), np.float64).T @ u
+        cosines.append(abs(v @ wtu) / np.linalg.norm(wtu))
+    if cosines:
+        assert np.mean(cosines) < 0.2, np.mean(cosines)
+
+
+def test_orthogonal_initialisation_makes_every_kernel_an_isometry():
+    d = models.Discriminator(rngs=nnx.Rngs(0))  # wide (64 x 48) and tall (1 x 8192) matrices
+    models.init_weights(d, "orthogonal", 0.02, rngs=nnx.Rngs(1))
+    for conv in _convs(d):
+        w = np.asarray(layers.kernel_matrix(conv.kernel[...]), np.float64)
+        assert np.sqrt(np.mean(w**2)) == pytest.approx(0.02, rel=1e-4)
+        s = np.linalg.svd(w, compute_uv=False)
+        assert s.max() / s.min() == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown init scheme 'xavier'"):
+        models.init_weights(d, "xavier", rngs=nnx.Rngs(0))

@@ -10,9 +10,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, step_distance, tiny_config
 
 from isnet_jax import checkpoint, train
+
+# bfloat16 against float32, one step from the release init (measured: the worst gradient array
+# 12 % apart, 2 % of parameter elements beyond lr/100, weighted terms within 1e-4 of G's loss).
+BF16_GRAD_TOL, BF16_OUTLIERS = 0.3, 0.05
 
 
 def _restore_items(workdir, step, items=("generator", "discriminator", "g_opt")):
@@ -90,7 +94,7 @@ _SHARDED = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_config
+    from conftest import step_distance, tiny_config
     from isnet_jax import sharding, train
 
     assert jax.device_count() == 8, jax.devices()
@@ -102,18 +106,16 @@ _SHARDED = textwrap.dedent(
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.create_mesh(config.mesh, devices=devices)
         trainer = train.Trainer(config, mesh)
-        state = trainer.initial_state
+        state = trainer.init_state()
         for i in range(2):
             batch = [jax.device_put(a[i], trainer.batch_sharding) for a in (image, mask)]
             state, metrics = trainer.train_step(state, trainer.vgg_state, *batch)
-        params = jax.tree.leaves((state["g_params"], state["d_params"], state["g_spec"]))
-        results.append(([np.asarray(p) for p in params], jax.device_get(metrics)))
-    (p1, m1), (p8, m8) = results
-    # Relative error of each array as a whole, ||a - b|| / ||a||; the worst array counts.
-    worst = max(float(np.linalg.norm(a - b) / np.linalg.norm(a)) for a, b in zip(p1, p8))
+        results.append((jax.device_get(state), jax.device_get(metrics)))
+    (s1, m1), (s8, m8) = results
+    distance = step_distance(s1, s8, config.learning_rate)
     loss_rel = max(abs(float(m1[k]) - float(m8[k])) / max(1e-6, abs(float(m1[k])))
                    for k in m1)
-    print(json.dumps({"param_rel": worst, "loss_rel": loss_rel}))
+    print(json.dumps({**distance, "loss_rel": loss_rel}))
     """
 )
 
@@ -132,7 +134,11 @@ def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["param_rel"] < 1e-5 and result["loss_rel"] < 1e-5, result
+    print(result)
+    # Two steps: the second step's gradients are taken at parameters that may differ in the
+    # few ill-conditioned elements step_distance describes (see test_distributed.py).
+    assert result["grad"] < 1e-2 and result["loss_rel"] < 1e-5, result
+    assert result["param_outliers"] < 1e-4, result
 
 
 def _one_step(config, seed: int) -> tuple[dict, dict]:
@@ -145,7 +151,7 @@ def _one_step(config, seed: int) -> tuple[dict, dict]:
     mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
     trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
     batch = [jax.device_put(a, trainer.batch_sharding) for a in (image, mask)]
-    state, metrics = trainer.train_step(trainer.initial_state, trainer.vgg_state, *batch)
+    state, metrics = trainer.train_step(trainer.init_state(), trainer.vgg_state, *batch)
     return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -167,16 +173,21 @@ def test_bfloat16_compute_step_tracks_float32(tmp_path):
     for name in ("g_params", "d_params", "g_opt", "d_opt"):
         dtypes = {np.asarray(x).dtype for x in jax.tree.leaves(states["bfloat16"][name])}
         assert dtypes <= {np.dtype(np.float32), np.dtype(np.int32)}, (name, dtypes)
+    # Each G term weighted as in the loss, against the whole G loss: a term that is tiny at
+    # initialisation (the adversarial one, D's logits near 0) is judged by what it contributes.
+    weights = train.loss_weights(config)
     rel = {}
     for term in train.TERMS:
         ref, got = float(metrics["float32"][term]), float(metrics["bfloat16"][term])
-        assert np.isfinite(got) and abs(got - ref) <= 0.05 * abs(ref) + 1e-9, (term, ref, got)
-        rel[term] = abs(got - ref) / abs(ref)
-    print("bfloat16 vs float32, relative difference per term:", rel)
-    assert max(rel.values()) > 1e-5  # the bfloat16 run really computed in bfloat16
-    for a, b in zip(jax.tree.leaves(states["float32"]["g_params"]),
-                    jax.tree.leaves(states["bfloat16"]["g_params"]), strict=True):
-        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=5e-4)
+        g_loss = float(metrics["float32"]["g_loss"])
+        scale = abs(ref) if term == "d_loss" else g_loss / weights[term]
+        assert np.isfinite(got)
+        rel[term] = abs(got - ref) / scale
+    distance = step_distance(states["float32"], states["bfloat16"], config.learning_rate)
+    print("bfloat16 vs float32: terms", rel, "step", distance)
+    assert max(rel.values()) < 5e-3
+    assert max(rel.values()) > 1e-6  # the bfloat16 run really computed in bfloat16
+    assert distance["grad"] < BF16_GRAD_TOL and distance["param_outliers"] < BF16_OUTLIERS
 
 
 def test_remat_step_matches_plain_step():
@@ -184,13 +195,9 @@ def test_remat_step_matches_plain_step():
     (spectral-norm vectors included: the power iteration runs inside the rematerialised stage)."""
     states, metrics = zip(*(_one_step(tiny_config(remat=r), seed=1) for r in (False, True)),
                           strict=True)
-    # Array by array, ||a - b|| / ||a||: Adam's first step divides each gradient by its own
-    # magnitude, so a gradient near zero may round to a visibly different update elementwise.
-    for key in ("g_params", "g_spec", "d_params", "g_opt"):
-        for a, b in zip(jax.tree.leaves(states[0][key]), jax.tree.leaves(states[1][key]),
-                        strict=True):
-            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-            assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a), key
+    distance = step_distance(states[0], states[1], tiny_config().learning_rate)
+    print("remat vs plain:", distance)
+    assert distance["grad"] < 1e-5 and distance["param_outliers"] < 1e-4, distance
     for term in train.TERMS:
         np.testing.assert_allclose(metrics[1][term], metrics[0][term], rtol=1e-5)
 
@@ -252,3 +259,54 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, num_workers, whole_group
     assert "SIGTERM" in log, log[-3000:]
     steps = ocp.utils.checkpoint_steps(checkpoint.checkpoint_dir(tmp_path / "work"))
     assert len(steps) == 1 and steps[0] >= 3, steps
+
+
+def test_init_state_is_new_on_every_call_and_survives_a_donating_step():
+    from isnet_jax import sharding
+
+    config = tiny_config()
+    trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
+    first, second = trainer.init_state(), trainer.init_state()
+    leaves = jax.tree.leaves(second)
+    assert not any(a is b for a, b in zip(jax.tree.leaves(first), leaves, strict=True))
+    before = [np.array(x) for x in leaves]
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 32, 32, 3), np.float32)
+    mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
+    trainer.train_step(first, trainer.vgg_state, image, mask)  # donates `first`
+    for x, b in zip(leaves, before, strict=True):
+        assert not x.is_deleted()
+        np.testing.assert_array_equal(np.asarray(x), b)
+    g, d = trainer.modules(second)
+    assert type(g).__name__ == "Generator" and type(d).__name__ == "Discriminator"
+
+
+def test_each_loss_reaches_only_its_own_network():
+    """D's loss leaves G's parameters unchanged and G's loss leaves D's unchanged."""
+    from isnet_jax import sharding
+
+    config = tiny_config()
+    trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
+    state = trainer.init_state()
+    rng = np.random.default_rng(1)
+    image = rng.random((2, 32, 32, 3), np.float32)
+    mask = (rng.random((2, 32, 32, 1)) > 0.4).astype(np.float32)
+
+    def loss(g_params, d_params, which):
+        terms, *_ = train.compute_terms(
+            trainer.nets, (g_params, state["g_spec"]), (d_params, state["d_spec"]), None,
+            image, mask,
+        )
+        if which == "d":
+            return terms["d_loss"]
+        return sum(w * terms[t] for t, w in trainer.weights.items())
+
+    grads = {
+        which: jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(
+            state["g_params"], state["d_params"], which)
+        for which in ("g", "d")
+    }
+    norm = lambda tree: float(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree)))  # noqa: E731
+    assert norm(grads["d"][0]) == 0.0  # D's loss -> G
+    assert norm(grads["g"][1]) == 0.0  # G's loss -> D
+    assert norm(grads["d"][1]) > 0.0 and norm(grads["g"][0]) > 0.0

@@ -308,7 +308,7 @@ class StepBenchmark:
         mesh = sharding.create_mesh(config.get("mesh"))
         sharding.check_batch_size(config.batch_size, mesh)
         self.trainer = train.Trainer(config, mesh)
-        self.state = jax.block_until_ready(self.trainer.initial_state)
+        self.state = jax.block_until_ready(self.trainer.init_state())
         self.image, self.mask = synthetic_batch(config, self.trainer.batch_sharding)
         self.info["setup_s"] = time.perf_counter() - t0
         _log(f"Networks built in {self.info['setup_s']:.1f} s; compiling the training step...")

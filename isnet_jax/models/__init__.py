@@ -8,7 +8,7 @@ from flax import nnx
 
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
-from isnet_jax.models.layers import Conv, SpectralState, pixel_shuffle
+from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
 from isnet_jax.models.vgg import VGG19
 
 GENERATORS = ("isnet", "basemodel", "basemodel_ff", "unet")
@@ -46,5 +46,6 @@ __all__ = [
     "VGG19",
     "count_params",
     "create_generator",
+    "init_weights",
     "pixel_shuffle",
 ]

@@ -45,7 +45,7 @@ import numpy as np
 from flax import nnx
 
 from isnet_jax.models.generator import WIDTHS, check_spatial_size
-from isnet_jax.models.layers import Conv, Sequential
+from isnet_jax.models.layers import Conv, Sequential, init_kernel
 
 VARIANTS = ("basemodel", "basemodel_ff", "unet")
 
@@ -125,15 +125,10 @@ class ConvTranspose(nnx.Module):
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
-        # torch's default init: fan_in of a transposed conv weight is out * k * k (its dim 1).
-        bound = 1.0 / (out_features * kernel_size * kernel_size) ** 0.5
+        # The release's init_weights() (N(0, 0.001), bias 0) reaches transposed convs too.
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
-        )
-        self.bias = nnx.Param(
-            jax.random.uniform(rngs.params(), (out_features,), jnp.float32, -bound, bound)
-        )
+        self.kernel = nnx.Param(init_kernel(rngs.params(), shape))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32))
         self.stride = stride
         self.padding = padding
         self.dtype = dtype

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 _EPS = 1e-12  # torch.nn.functional.normalize's default, used by torch's spectral_norm
-_INIT_POWER_ITERATIONS = 15
+# The release's BaseNetwork.init_weights() defaults: init_type="normal", gain=0.001.
+RELEASE_INIT_STD = 1e-3
+INIT_SCHEMES = ("release", "orthogonal")
 
 
 class SpectralState(nnx.Variable):
@@ -29,11 +31,36 @@ def kernel_matrix(kernel: jax.Array) -> jax.Array:
     return jnp.transpose(kernel, (3, 2, 0, 1)).reshape(kernel.shape[3], -1)
 
 
-def _default_kernel_init(key, shape, dtype=jnp.float32):
-    # torch's Conv2d default (kaiming_uniform with a=sqrt(5)) is uniform(+-1/sqrt(fan_in)).
-    fan_in = shape[0] * shape[1] * shape[2]
-    bound = 1.0 / jnp.sqrt(fan_in)
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+def _matrix_to_kernel(w: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Inverse of ``kernel_matrix``: (O, I*H*W) -> HWIO ``shape``."""
+    h, wd, i, o = shape
+    return jnp.transpose(w.reshape(o, i, h, wd), (2, 3, 1, 0))
+
+
+def random_unit(key: jax.Array, n: int) -> jax.Array:
+    """A random direction, as torch's spectral_norm starts ``u`` and ``v``: normalised N(0, 1)."""
+    return _l2_normalize(jax.random.normal(key, (n,), jnp.float32))
+
+
+def init_kernel(
+    key: jax.Array, shape: tuple[int, ...], scheme: str = "release", scale: float = RELEASE_INIT_STD
+) -> jax.Array:
+    """A raw HWIO kernel, its entries of root-mean-square ``scale``.
+
+    ``release``: i.i.d. N(0, scale^2), as ``BaseNetwork.init_weights`` (scale 0.001).
+    ``orthogonal``: the (O, I*H*W) matrix that spectral normalisation sees has orthonormal rows
+    (or columns, whichever are fewer), rescaled: every singular value is equal, so ``W / sigma``
+    is an isometry on its row space and one power iteration finds sigma exactly (BigGAN pairs
+    spectral norm with this init).
+    """
+    if scheme == "release":
+        return scale * jax.random.normal(key, shape, jnp.float32)
+    if scheme == "orthogonal":
+        o, n = shape[3], shape[0] * shape[1] * shape[2]
+        w = jax.nn.initializers.orthogonal()(key, (o, n), jnp.float32)
+        rms = (min(o, n) / (o * n)) ** 0.5
+        return _matrix_to_kernel(w * (scale / rms), shape)
+    raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
 
 
 class Conv(nnx.Module):
@@ -63,32 +90,16 @@ class Conv(nnx.Module):
         rngs: nnx.Rngs,
     ):
         shape = (kernel_size, kernel_size, in_features, out_features)
-        self.kernel = nnx.Param(_default_kernel_init(rngs.params(), shape))
-        if use_bias:
-            bound = 1.0 / (in_features * kernel_size * kernel_size) ** 0.5
-            self.bias = nnx.Param(
-                jax.random.uniform(rngs.params(), (out_features,), jnp.float32, -bound, bound)
-            )
-        else:
-            self.bias = None
+        # The release's initialisation (``init_weights``); ``init_weights`` below re-draws it
+        # for another scheme or scale.
+        self.kernel = nnx.Param(init_kernel(rngs.params(), shape))
+        self.bias = nnx.Param(jnp.zeros((out_features,), jnp.float32)) if use_bias else None
         self.spectral_norm = spectral_norm
         if spectral_norm:
-            # torch starts u, v as random unit vectors; a few power iterations here make sigma
-            # a real estimate from the first call (an untrained model in eval mode otherwise
-            # divides by a tiny random sigma and saturates every tanh). Loaded weights replace
-            # u, v anyway.
-            w = kernel_matrix(self.kernel[...])
-
-            def power_iteration(_, uv):
-                v = _l2_normalize(w.T @ uv[0])
-                return _l2_normalize(w @ v), v
-
-            u = _l2_normalize(jax.random.normal(rngs.params(), (out_features,)))
-            u, v = jax.lax.fori_loop(
-                0, _INIT_POWER_ITERATIONS, power_iteration, (u, jnp.zeros(w.shape[1]))
-            )
-            self.u = SpectralState(u)
-            self.v = SpectralState(v)
+            # As torch's spectral_norm creates them: independent random directions, no power
+            # iteration until the first train-mode call.
+            self.u = SpectralState(random_unit(rngs.params(), out_features))
+            self.v = SpectralState(random_unit(rngs.params(), in_features * kernel_size**2))
         self.stride = stride
         self.padding = padding
         self.dilation = dilation
@@ -150,3 +161,33 @@ class Sequential(nnx.Module):
 
     def __len__(self) -> int:
         return len(self.layers)
+
+
+def init_weights(
+    module: nnx.Module,
+    scheme: str = "release",
+    scale: float = RELEASE_INIT_STD,
+    *,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """Re-draws every conv of ``module`` in place, as the release's ``init_weights()`` does.
+
+    Kernels (raw kernels of spectrally normalised convs, plain and transposed convs alike)
+    from ``init_kernel(scheme, scale)``; biases 0; spectral-norm ``u``, ``v`` new random unit
+    vectors with no power iteration. Under spectral normalisation the forward pass ignores the
+    kernel's scale but Adam does not: ``scale`` sets the effective learning rate (an Adam step
+    of ``lr`` turns a kernel by about ``lr / scale``). Returns ``module``.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}")
+    for _, m in nnx.iter_modules(module):
+        kernel = getattr(m, "kernel", None)
+        if not isinstance(kernel, nnx.Param):
+            continue
+        m.kernel[...] = init_kernel(rngs.params(), kernel.shape, scheme, scale)
+        if getattr(m, "bias", None) is not None:
+            m.bias[...] = jnp.zeros_like(m.bias[...])
+        if getattr(m, "spectral_norm", False):
+            m.u[...] = random_unit(rngs.params(), m.u[...].shape[0])
+            m.v[...] = random_unit(rngs.params(), m.v[...].shape[0])
+    return module

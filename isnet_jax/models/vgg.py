@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isnet_jax.models.layers import Conv
+from isnet_jax.models.layers import Conv, init_kernel
 
 # torchvision's configuration "E"; "M" is a 2x2 max pool.
 CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -93,6 +93,13 @@ class VGG19(nnx.Module):
                 convs.append(Conv(c, v, 3, padding=1, use_bias=True, spectral_norm=False,
                                   dtype=dtype, rngs=rngs))
                 c = v
+        # Real use loads ImageNet weights. Untrained, a He-scaled kernel keeps the activations
+        # of the 16 ReLU layers at a realistic size (the release's N(0, 0.001) would make them
+        # vanish), so random-weight stand-ins in tests and benchmarks exercise real magnitudes.
+        for conv in convs:
+            shape = conv.kernel[...].shape
+            fan_in = shape[0] * shape[1] * shape[2]
+            conv.kernel[...] = init_kernel(rngs.params(), shape, scale=(2.0 / fan_in) ** 0.5)
         self.convs = nnx.List(convs)
 
     def __call__(self, x: jax.Array, outputs: tuple[str, ...] = NAMES) -> dict[str, jax.Array]:
