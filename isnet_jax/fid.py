@@ -22,7 +22,7 @@ import logging
 import os
 import pathlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -280,7 +280,7 @@ class InceptionV3(nnx.Module):
         return torch_weights.save_npz(self, path, _NPZ_FORMAT)
 
 
-def feature_fn(model: InceptionV3):
+def feature_fn(model: InceptionV3) -> Callable[[jax.Array], jax.Array]:
     """A jitted ``images -> (N, 2048)`` of ``model``, its weights passed as an argument (not
     baked into the compiled program as constants)."""
     graphdef, state = nnx.split(model)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -186,7 +186,7 @@ def _refuse_other_file(sd: dict, path: pathlib.Path, what: str, net: str) -> Non
     raise PthError(f"{path} is not {what} (net={net!r}): it looks like {found}{fix}")
 
 
-def distance_fn(model: LPIPS):
+def distance_fn(model: LPIPS) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """A jitted ``(a, b) -> (N,)`` of ``model``, its weights passed as an argument."""
     graphdef, state = nnx.split(model)
 

@@ -6,9 +6,10 @@ in the released files' key layouts, so every test goes through the real loaders.
 
 Tolerances (measured on this project's CPU machine, set about 10x above):
 - Inception pool features: max |ours - theirs| <= 5e-6 x max |theirs| (measured 6.8e-7);
-- FID from our features, pytorch-fid's sqrtm: relative 1e-5 (measured 1.1e-6); with
-  ``method="eigh"`` relative 2e-4 (measured 1.7e-5: 6 images of 2048-d features, the most
-  singular case); from the same statistics, sqrtm 1e-12 (measured 0), eigh 1e-6 (6e-8);
+- FID from our features against pytorch-fid's: with ``method="eigh"`` relative 1e-4 (measured
+  1.6e-5: 6 images of 2048-d features, where pytorch-fid's own value is 1.7e-5 from the exact
+  one); with pytorch-fid's sqrtm measured 1.1e-6 (not rerun: 30 s); from the same statistics,
+  sqrtm 1e-12 (measured 0), eigh 1e-6 (measured 6e-8);
 - LPIPS distances: relative 2e-6 (measured 3.1e-7); per layer relative 2e-5 (measured 1.8e-6).
 """
 
@@ -109,11 +110,12 @@ def test_inception_features_match_pytorch_fid(features, vectors):
 
 
 def test_fid_of_our_features_matches_pytorch_fid(features):
+    # pytorch-fid's FID of its own features of the two sets, against ours of our features.
+    # With method="sqrtm" this is 1.1e-6 relative, but scipy's sqrtm of a 2048x2048 singular
+    # product takes 30 s here; the sqrtm path is checked exactly on the synthetic cases below.
     expected = reference()["fid"]["images"]
-    value = fid.frechet_distance(features["fid_a"], features["fid_b"])
-    assert value == pytest.approx(expected, rel=1e-5)
     fast = fid.frechet_distance(features["fid_a"], features["fid_b"], method="eigh")
-    assert fast == pytest.approx(expected, rel=2e-4)
+    assert fast == pytest.approx(expected, rel=1e-4)
 
 
 def _synthetic(case: str) -> tuple[np.ndarray, np.ndarray]:
