@@ -117,5 +117,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.mask_seed = 0  # deterministic evaluation masks per hole-ratio band
     config.eval.mask_path = ""  # a mask set to draw evaluation masks from ("" = procedural)
     config.eval.num_images_final = -1  # --mode=eval: -1 = the whole split
+    # --mode=eval: FID and LPIPS per band, each computed only when its weight files are named.
+    # FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the folder / .npz written by
+    # `python -m isnet_jax.convert --inception`. fid_method: "sqrtm" (scipy.linalg.sqrtm, as
+    # pytorch-fid) or "eigh" (the same trace by symmetric eigendecompositions, several times
+    # faster).
+    config.eval.fid_weights = ""
+    config.eval.fid_method = "sqrtm"
+    # LPIPS v0.1: torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth and lpips'
+    # weights/v0.1/alex.pth or vgg.pth. lpips_net "alex" | "vgg" ("" = the backbone file's).
+    config.eval.lpips_net = ""
+    config.eval.lpips_backbone_weights = ""
+    config.eval.lpips_lin_weights = ""
+    config.eval.sheet_images = 8  # --mode=eval: images per band in eval/step_N/sheet_BAND.png
 
     return config

@@ -6,7 +6,9 @@
 
 writes an Orbax checkpoint that ``isnet_jax.checkpoint.restore_generator(DIR)`` (and so
 evaluation, inference and fine-tuning) reads, and the VGG19 loss network as ``DIR/vgg19.npz``
-(what ``config.loss.vgg_weights`` points to). Every input is read and checked before anything
+(what ``config.loss.vgg_weights`` points to). ``--inception pt_inception-2015-12-05-6726825d.pth``
+writes pytorch-fid's FID Inception as ``DIR/inception_fid.npz`` (what ``config.eval.fid_weights``
+may name, as may the ``.pth`` itself). Every input is read and checked before anything
 is written. No PyTorch is needed: ``isnet_jax.pth`` reads the files.
 
 The other way, ``python -m isnet_jax.convert --export WORKDIR[@STEP] --output DIR`` writes a
@@ -37,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint
+from isnet_jax import checkpoint, fid
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import NAMES as VGG_NAMES
 from isnet_jax.models.vgg import TORCH_INDICES as VGG_TORCH_INDICES
@@ -497,15 +499,17 @@ def convert(
     discriminator: str | os.PathLike | None = None,
     vgg19: str | os.PathLike | None = None,
     overwrite: bool = False,
+    inception: str | os.PathLike | None = None,
 ) -> list[str]:
     """Converts the given files into ``output``; returns one line per thing written.
 
     All inputs are read and checked first: on ``PthError`` / ``FileNotFoundError`` /
     ``FileExistsError`` nothing has been written. ``overwrite`` replaces only what this call
-    writes (the checkpoint steps with ``generator``, ``vgg19.npz`` with ``vgg19``).
+    writes (the checkpoint steps with ``generator``, ``vgg19.npz`` with ``vgg19``,
+    ``inception_fid.npz`` with ``inception``).
     """
-    if generator is None and vgg19 is None:
-        raise ValueError("nothing to convert: give a generator and/or a VGG19 file")
+    if generator is None and vgg19 is None and inception is None:
+        raise ValueError("nothing to convert: give a generator, a VGG19 and/or an Inception file")
     if discriminator is not None and generator is None:
         raise ValueError("a discriminator is stored beside its generator: give the generator too")
     output = pathlib.Path(output)
@@ -514,6 +518,8 @@ def convert(
                         ("vgg19", vgg19)):
         if given is not None and not pathlib.Path(given).is_file():
             raise FileNotFoundError(f"{_KINDS[kind][1]} {given}: no such file")
+    if inception is not None and not pathlib.Path(inception).is_file():
+        raise FileNotFoundError(f"--inception {inception}: no such file")
 
     g = d = vgg = None
     if generator is not None:
@@ -522,6 +528,7 @@ def convert(
         d = load_official_discriminator(discriminator)
     if vgg19 is not None:
         vgg = load_torchvision_vgg19(vgg19)
+    fid_net = fid.InceptionV3.from_weights(inception) if inception is not None else None
 
     created = not output.exists()
     lines = []
@@ -545,6 +552,9 @@ def convert(
         if vgg is not None:
             npz = save_vgg19(vgg, output / VGG_FILE)
             lines.append(f"vgg19: {count_params(vgg):,} parameters -> {npz}")
+        if fid_net is not None:
+            npz = fid_net.save(output / fid.NPZ_FILE)
+            lines.append(f"inception (FID): {count_params(fid_net):,} parameters -> {npz}")
     except BaseException:
         if created:
             shutil.rmtree(output, ignore_errors=True)
@@ -567,14 +577,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--generator", help="the release's InpaintingModel_gen.pth")
     parser.add_argument("--discriminator", help="the release's InpaintingModel_dis.pth")
     parser.add_argument("--vgg19", help="torchvision's vgg19-dcbb9e9d.pth (or its features)")
+    parser.add_argument("--inception",
+                        help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth (FID network)")
     parser.add_argument("--output", required=True, help="folder to write (new or empty)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a checkpoint / vgg19.npz already in --output")
     args = parser.parse_args(argv)
     if args.export is not None:
-        if args.generator or args.discriminator or args.vgg19:
+        if args.generator or args.discriminator or args.vgg19 or args.inception:
             parser.error("--export writes .pth files; it takes no --generator/--discriminator/"
-                         "--vgg19 (convert those in a separate call)")
+                         "--vgg19/--inception (convert those in a separate call)")
         try:
             lines = export_checkpoint(args.export, args.output, overwrite=args.overwrite)
         except (FileNotFoundError, FileExistsError, ValueError) as e:
@@ -582,13 +594,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print("\n".join(lines))
         return 0
-    if args.generator is None and args.vgg19 is None:
-        parser.error("give --generator and/or --vgg19 (or --export)")
+    if args.generator is None and args.vgg19 is None and args.inception is None:
+        parser.error("give --generator, --vgg19 and/or --inception (or --export)")
     if args.discriminator is not None and args.generator is None:
         parser.error("--discriminator is stored beside its generator: give --generator too")
     try:
         lines = convert(args.output, generator=args.generator, discriminator=args.discriminator,
-                        vgg19=args.vgg19, overwrite=args.overwrite)
+                        vgg19=args.vgg19, overwrite=args.overwrite, inception=args.inception)
     except (PthError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

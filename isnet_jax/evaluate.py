@@ -5,6 +5,8 @@ restores the generator alone (no optimiser state), runs the eval split against t
 deterministic evaluation masks of each band and writes ``DIR/eval/step_N/{results.json,
 table.md}`` and TensorBoard scalars. Metrics are computed on the composite, on the devices,
 batched and sharded like training; sums are reduced on the devices so any number of hosts works.
+With weight files in ``config.eval`` it adds FID and LPIPS per band (``isnet_jax.perceptual``),
+and it writes an image sheet per band (``sheet_BAND.png``, and to TensorBoard).
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from absl import logging
 from clu import metric_writers
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from isnet_jax import checkpoint, input_pipeline, metrics, sharding
+from isnet_jax import checkpoint, input_pipeline, metrics, perceptual, sharding, sheets
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
     (0.1, 0.2),
@@ -36,7 +39,7 @@ PAPER_ROWS = (
     ("SSIM", "ssim", "{:.3f}"),
     ("L1 (%)", "l1_percent", "{:.2f}"),
 )
-BASELINE = "mean_fill/"  # key prefix of the mean-colour fill's metrics
+BASELINE = perceptual.BASELINE  # key prefix of the mean-colour fill's metrics
 BASELINE_NAME = "mean-colour fill"
 OTHER_ROWS = (
     ("SSIM, skimage (cropped borders)", "ssim_skimage", "{:.3f}"),
@@ -60,7 +63,11 @@ class MetricSums:
         self.g_def = g_def
         self.mesh = mesh
         self.batch_sharding = sharding.batch_sharding(mesh)
-        self._fn = jax.jit(self._sums, out_shardings=sharding.replicated(mesh))
+        # The composites stay on the devices, sharded, for FID / LPIPS and the image sheets.
+        self._fn = jax.jit(
+            self._sums,
+            out_shardings=(sharding.replicated(mesh), self.batch_sharding, self.batch_sharding),
+        )
 
     def _sums(self, g_state, image, mask, valid):
         g = nnx.merge(self.g_def, g_state, copy=True)
@@ -74,32 +81,88 @@ class MetricSums:
         weight = valid.astype(jnp.float32)
         sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in values.items()}
         sums["count"] = jnp.sum(weight)
-        return sums
+        return sums, metrics.composite(pred, image, mask), fill
 
-    def __call__(self, g_state, dataset) -> dict[str, float]:
-        """Means of every metric over one pass of ``dataset`` (eval batches with ``valid``)."""
+    def __call__(
+        self,
+        g_state,
+        dataset,
+        band: perceptual.BandAccumulator | None = None,
+        sheet: SheetRows | None = None,
+    ) -> dict[str, float]:
+        """Means of every metric over one pass of ``dataset`` (eval batches with ``valid``);
+        with ``band`` also its FID / LPIPS, with ``sheet`` its first images collected."""
         totals: dict[str, float] = {}
+        last_report = time.perf_counter()
         for batch in dataset:
             arrays = input_pipeline.to_global(
                 {k: batch[k] for k in ("image", "mask", "valid")}, self.batch_sharding
             )
-            sums = self._fn(g_state, arrays["image"], arrays["mask"], arrays["valid"])
+            sums, composite, fill = self._fn(
+                g_state, arrays["image"], arrays["mask"], arrays["valid"]
+            )
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(np.asarray(v.addressable_data(0)))
+            if band is not None:
+                band.update(batch["index"][batch["valid"]], arrays["image"], composite, fill,
+                            arrays["valid"])
+            if sheet is not None:
+                sheet.add(arrays["image"], arrays["mask"], composite, arrays["valid"])
+            if time.perf_counter() - last_report > 30:
+                logging.info("eval: %d images done", totals.get("count", 0))
+                last_report = time.perf_counter()
         count = totals.pop("count", 0.0)
         if not count:
             raise ValueError("the evaluation set is empty: check config.data and config.eval")
         means = {k: v / count for k, v in totals.items()}
         means["images"] = count
+        if band is not None:
+            means.update(band.result(count))
         return means
 
 
+class SheetRows:
+    """The first ``n`` valid images of a pass (gathered from every host), for an image sheet."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, image, mask, composite, valid) -> None:
+        if len(self.rows) >= self.n:  # every host sees the same count: no host gathers alone
+            return
+        image, mask, composite, valid = (
+            np.asarray(multihost_utils.process_allgather(a, tiled=True))
+            for a in (image, mask, composite, valid)
+        )
+        for i in np.flatnonzero(valid)[: self.n - len(self.rows)]:
+            self.rows.append((image[i], mask[i], composite[i]))
+
+    def sheet(self) -> np.ndarray | None:
+        if not self.rows:
+            return None
+        image, mask, composite = (np.stack(x) for x in zip(*self.rows, strict=True))
+        return sheets.image_sheet(image, mask, composite)
+
+
 def evaluate_bands(
-    config: ml_collections.ConfigDict, g_def: Any, g_state, mesh, num_images: int, bands=BANDS
+    config: ml_collections.ConfigDict,
+    g_def: Any,
+    g_state,
+    mesh,
+    num_images: int,
+    bands=BANDS,
+    perceptual_metrics: perceptual.PerceptualMetrics | None = None,
+    sheet_images: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{band label: {metric: mean}}`` over the eval split for each hole-ratio band."""
+    """``{band label: {metric: mean}}`` over the eval split for each hole-ratio band.
+
+    With ``perceptual_metrics``, FID / LPIPS too; a ``sheet_images`` dict receives each band's
+    image sheet of the first ``config.eval.sheet_images`` images.
+    """
     evaluator = MetricSums(g_def, mesh)
     results = {}
+    num_sheet = config.eval.get("sheet_images", 0) if sheet_images is not None else 0
     for band in bands:
         start = time.perf_counter()
         dataset = input_pipeline.create_eval_dataset(
@@ -109,7 +172,18 @@ def evaluate_bands(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        r = results[band_label(band)] = evaluator(g_state, dataset)
+        accumulator = (perceptual_metrics.band(band_label(band))
+                       if perceptual_metrics is not None else None)
+        rows = SheetRows(num_sheet) if num_sheet > 0 else None
+        r = results[band_label(band)] = evaluator(g_state, dataset, accumulator, rows)
+        if rows is not None and (sheet := rows.sheet()) is not None:
+            sheet_images[band_label(band)] = sheet
+        if "fid" in r or "lpips" in r:
+            logging.info(
+                "eval band %s: %s", band_label(band),
+                ", ".join(f"{k} {r[k]:.4f}" for k in ("fid", BASELINE + "fid", "lpips",
+                                                      BASELINE + "lpips") if k in r),
+            )
         logging.info(
             "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s: PSNR %.2f, "
             "SSIM %.4f, L1 %.2f%% (%.1f s)",
@@ -120,9 +194,12 @@ def evaluate_bands(
     return results
 
 
-def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
+def markdown_table(
+    results: dict[str, dict[str, float]], title: str, lpips_net: str = "", note: str = ""
+) -> str:
     """The paper's Tables 3-4 layout (metrics by hole-ratio band), the mean-colour fill baseline
-    beside it, then the other metric variants."""
+    beside it, FID and LPIPS when computed (``note``: the line that says how to add them when
+    not), then the other metric variants."""
     labels = list(results)
     header = f"| {title} | " + " | ".join(labels) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
@@ -130,10 +207,27 @@ def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
     baseline_rows = tuple(
         (f"{name}, {BASELINE_NAME}", BASELINE + key, fmt) for name, key, fmt in PAPER_ROWS
     )
-    for rows in (PAPER_ROWS, baseline_rows, OTHER_ROWS):
+    first = results[labels[0]]
+    perceptual_rows = []
+    if "fid" in first:
+        # FID is biased upwards for few images: every value carries its count.
+        fid_cell = "{:.2f} (n={:d})"
+        perceptual_rows += [("FID", "fid", fid_cell),
+                            (f"FID, {BASELINE_NAME}", BASELINE + "fid", fid_cell)]
+    if "lpips" in first:
+        perceptual_rows += [(f"LPIPS ({lpips_net})", "lpips", "{:.4f}"),
+                            (f"LPIPS ({lpips_net}), {BASELINE_NAME}", BASELINE + "lpips",
+                             "{:.4f}")]
+
+    def cell(fmt: str, values: dict[str, float], key: str) -> str:
+        if key.endswith("fid"):
+            return fmt.format(values[key], int(values["fid_images"]))
+        return fmt.format(values[key])
+
+    for rows in (PAPER_ROWS, baseline_rows, perceptual_rows, OTHER_ROWS):
         for name, key, fmt in rows:
             lines.append(
-                f"| {name} | " + " | ".join(fmt.format(results[b][key]) for b in labels) + " |"
+                f"| {name} | " + " | ".join(cell(fmt, results[b], key) for b in labels) + " |"
             )
     lines.append("| images | " + " | ".join(str(int(results[b]["images"])) for b in labels) + " |")
     lines.append("")
@@ -144,6 +238,17 @@ def markdown_table(results: dict[str, dict[str, float]], title: str) -> str:
         "image's known pixels (same images and masks): the score of a model that has learned "
         "nothing more."
     )
+    if perceptual_rows:
+        lines.append("")
+        lines.append(
+            "FID: pytorch-fid's Inception (2048-d pool features) of the composites against the "
+            "band's ground-truth images, n images each (FID of few images is biased upwards: "
+            "compare values of equal n only). LPIPS v0.1: mean over images of LPIPS(composite, "
+            "ground truth)."
+        )
+    if note:
+        lines.append("")
+        lines.append(note)
     return "\n".join(lines)
 
 
@@ -156,6 +261,10 @@ def evaluate_checkpoint(
         path, step = workdir, int(checkpoint_arg)
     else:
         path, step = (epath.Path(checkpoint_arg) if checkpoint_arg else workdir), None
+    mesh = sharding.create_mesh(config.get("mesh"))
+    # Every weight file is read and checked before the long work, and before anything is
+    # written.
+    perceptual_metrics = perceptual.PerceptualMetrics.from_config(config, mesh)
     dtype = jnp.dtype(config.compute_dtype)
     generator, meta = checkpoint.restore_generator(path, step, dtype=dtype)
     logging.info(
@@ -166,23 +275,31 @@ def evaluate_checkpoint(
         meta["step"],
         meta.get("source", "?"),
     )
-    mesh = sharding.create_mesh(config.get("mesh"))
     g_def, g_state = nnx.split(generator)
     g_state = jax.device_put(g_state, sharding.replicated(mesh))
-    results = evaluate_bands(config, g_def, g_state, mesh, config.eval.num_images_final)
+    sheet_images: dict[str, np.ndarray] = {}
+    results = evaluate_bands(config, g_def, g_state, mesh, config.eval.num_images_final,
+                             perceptual_metrics=perceptual_metrics, sheet_images=sheet_images)
 
     data = config.data.name if config.data.source == "tfds" else config.data.source
     title = f"{data} ({config.data.eval_split}), step {meta['step']}"
-    table = markdown_table(results, title)
+    note = "\n".join(x for x in [perceptual_metrics.not_computed(),
+                                  *(f"Note: {f}." for f in perceptual_metrics.fallbacks)] if x)
+    table = markdown_table(results, title, perceptual_metrics.lpips_net, note)
     print(table, flush=True)
     if jax.process_index() == 0:
         out = workdir / "eval" / f"step_{meta['step']}"
         out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(
-            json.dumps({"checkpoint": str(path), "meta": meta, "bands": results}, indent=1)
-        )
+        report = {"checkpoint": str(path), "meta": meta, "bands": results,
+                  **perceptual_metrics.describe()}
+        if perceptual_metrics.not_computed():
+            report["not_computed"] = perceptual_metrics.not_computed()
+        (out / "results.json").write_text(json.dumps(report, indent=1))
         (out / "table.md").write_text(table + "\n")
-        logging.info("Wrote %s and %s.", out / "results.json", out / "table.md")
+        for band, sheet in sheet_images.items():
+            (out / f"sheet_{band.rstrip('%')}.png").write_bytes(sheets.png_bytes(sheet))
+        logging.info("Wrote %s, %s and %d image sheets (masked input | result | ground truth).",
+                     out / "results.json", out / "table.md", len(sheet_images))
     writer = metric_writers.create_default_writer(
         workdir / "eval", just_logging=jax.process_index() > 0
     )
@@ -190,6 +307,10 @@ def evaluate_checkpoint(
         meta["step"],
         {f"{band}/{k}": v for band, values in results.items() for k, v in values.items()},
     )
+    if sheet_images:
+        writer.write_images(
+            meta["step"], {f"{band}/sheet": sheet[None] for band, sheet in sheet_images.items()}
+        )
     writer.flush()
     return results
 

@@ -11,8 +11,17 @@ untrusted code. The reader here resolves only the handful of globals that tensor
 ordered dicts need and refuses every other one before anything is called, much like
 ``torch.load(weights_only=True)``. Tensors come back as numpy arrays with their storage's dtype.
 
-Only when a file is valid but beyond this reader (the pre-1.6 format, a tensor type it does not
-know) and torch is importable, it falls back to ``torch.load(weights_only=True)`` and logs so.
+Files written before PyTorch 1.6 (``_use_new_zipfile_serialization=False``, and every model-zoo
+file of that era: torchvision's ``alexnet-owt-7be5be79.pth``, ``vgg16-397923af.pth``,
+``vgg19-dcbb9e9d.pth``, lpips' ``weights/v0.1/*.pth``) are a plain sequence instead: the pickled
+magic number, protocol version 1001 and a system-info dict, then the object's pickle (persistent
+ids ``('storage', type, key, location, numel, view)``), then the pickled list of storage keys,
+then each storage as an int64 element count followed by its raw bytes. The same restricted
+unpickler reads them.
+
+Only when a file is valid but beyond this reader (the tar format of PyTorch < 0.4, a tensor type
+it does not know) and torch is importable, it falls back to ``torch.load(weights_only=True)``
+and logs so.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import pickle
 import struct
 import tarfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_dtypes
@@ -99,18 +108,53 @@ class _TensorType(_Sealed):
 
 
 class _Storage(_Sealed):
-    __slots__ = ("array", "views")
+    """A flat typed buffer. A legacy file's bytes follow the pickle, so ``data`` may be filled
+    after the tensors that view it were unpickled; a legacy storage view is a slice of its root."""
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
+    __slots__ = ("dtype", "numel", "data", "root", "root_offset", "views")
+
+    def __init__(self, dtype: np.dtype, numel: int, data: np.ndarray | None = None,
+                 root: _Storage | None = None, root_offset: int = 0):
+        self.dtype = dtype
+        self.numel = numel
+        self.data = data
+        self.root = root
+        self.root_offset = root_offset
         self.views: dict[tuple, _Tensor] = {}
+
+    def array(self) -> np.ndarray:
+        if self.root is not None:
+            return self.root.array()[self.root_offset : self.root_offset + self.numel]
+        if self.data is None:
+            raise _Refused("a tensor uses a storage whose bytes are not in the file")
+        return self.data
 
 
 class _Tensor(_Sealed):
-    __slots__ = ("array",)
+    """A strided view of a storage, copied out when first asked for (see ``_Storage``)."""
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
+    __slots__ = ("storage", "offset", "size", "stride", "_array")
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple, stride: tuple):
+        self.storage = storage
+        self.offset = offset
+        self.size = size
+        self.stride = stride
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            flat = self.storage.array()
+            if 0 in self.size:
+                self._array = np.zeros(self.size, flat.dtype)
+            else:
+                view = np.lib.stride_tricks.as_strided(
+                    flat[self.offset :], shape=self.size,
+                    strides=[s * flat.itemsize for s in self.stride], writeable=False,
+                )
+                self._array = np.array(view, order="C")
+        return self._array
 
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
@@ -122,7 +166,7 @@ def _ints(value: Any, what: str) -> tuple[int, ...]:
 
 
 def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _Tensor:
-    """torch's ``_rebuild_tensor`` / ``_rebuild_tensor_v2``: a strided view of a storage, copied.
+    """torch's ``_rebuild_tensor`` / ``_rebuild_tensor_v2``: a strided view of a storage.
 
     The same view of the same storage gives the same array, so tensors that torch saved as one
     (a module registered under two names) stay one object.
@@ -133,23 +177,17 @@ def _rebuild_tensor(storage, storage_offset, size, stride, *unused) -> _Tensor:
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride):
         raise _Refused(f"a tensor's size {size} and stride {stride} differ in length")
-    flat = storage.array
     view_key = (offset, size, stride)
     if view_key in storage.views:
         return storage.views[view_key]
-    if 0 in size:
-        return storage.views.setdefault(view_key, _Tensor(np.zeros(size, flat.dtype)))
     # as_strided reads raw memory: every element of the view must lie inside the storage.
     last = offset + sum((n - 1) * s for n, s in zip(size, stride, strict=True))
-    if last >= flat.size:
+    if 0 not in size and last >= storage.numel:
         raise _Refused(
             f"a tensor of size {size}, stride {stride} at offset {offset} reaches element {last} "
-            f"of a storage of {flat.size}"
+            f"of a storage of {storage.numel}"
         )
-    view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=size, strides=[s * flat.itemsize for s in stride], writeable=False
-    )
-    return storage.views.setdefault(view_key, _Tensor(np.array(view, order="C")))
+    return storage.views.setdefault(view_key, _Tensor(storage, offset, size, stride))
 
 
 def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, state=None) -> _Tensor:
@@ -180,12 +218,11 @@ _ALLOWED = {
 
 
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, big_endian: bool):
-        super().__init__(io.BytesIO(data))
-        self._archive = archive
-        self._prefix = prefix
-        self._big_endian = big_endian
-        self._storages: dict[str, _Storage] = {}
+    """Resolves only ``_ALLOWED``; storages come from ``storage(pid)``."""
+
+    def __init__(self, stream: io.BufferedIOBase, storage: Callable[[Any], _Storage] | None):
+        super().__init__(stream)
+        self._storage = storage
 
     def find_class(self, module: str, name: str) -> Any:
         found = _ALLOWED.get((module, name))
@@ -198,27 +235,74 @@ class _Unpickler(pickle.Unpickler):
         raise _Refused(f"its pickle asks for {module}.{name}, which a weights file never needs")
 
     def persistent_load(self, pid: Any) -> _Storage:
+        if self._storage is None:
+            raise _Refused(f"its header pickle names a persistent object {pid!r}")
+        return self._storage(pid)
+
+
+def _storage_type(storage_type: Any, key: Any, numel: Any) -> np.dtype:
+    if not isinstance(storage_type, _StorageType):
+        raise _Refused(f"a storage has type {storage_type!r}")
+    if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
+        raise _Refused(f"a storage is named {key!r} with {numel!r} elements")
+    return storage_type.dtype
+
+
+class _ZipStorages:
+    """torch.save's zip format: storage ``key`` is the record ``<prefix>/data/<key>``."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, big_endian: bool):
+        self._archive = archive
+        self._prefix = prefix
+        self._big_endian = big_endian
+        self._storages: dict[str, _Storage] = {}
+
+    def __call__(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
             raise _Refused(f"its pickle names a persistent object {pid!r}, not a storage")
         _, storage_type, key, _location, numel = pid
-        if not isinstance(storage_type, _StorageType):
-            raise _Refused(f"a storage has type {storage_type!r}")
-        if not isinstance(key, str) or not isinstance(numel, int) or numel < 0:
-            raise _Refused(f"a storage is named {key!r} with {numel!r} elements")
+        dtype = _storage_type(storage_type, key, numel)
         if key not in self._storages:
             record = f"{self._prefix}/data/{key}"
             try:
                 raw = self._archive.read(record)
             except KeyError:
                 raise PthError(f"record {record} is missing from the archive") from None
-            dtype = storage_type.dtype
             if len(raw) < numel * dtype.itemsize:
                 raise PthError(
                     f"record {record} holds {len(raw)} bytes, less than {numel} x {dtype.name}"
                 )
             array = np.frombuffer(raw, dtype.newbyteorder(">" if self._big_endian else "<"), numel)
-            self._storages[key] = _Storage(array.astype(dtype.newbyteorder("=")))
+            self._storages[key] = _Storage(dtype, numel, array.astype(dtype.newbyteorder("=")))
         return self._storages[key]
+
+
+class _LegacyStorages:
+    """The pre-1.6 format: storages are declared by the pickle and filled after it."""
+
+    def __init__(self):
+        self.roots: dict[str, _Storage] = {}
+        self._views: dict[str, _Storage] = {}
+
+    def __call__(self, pid: Any) -> _Storage:
+        if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage"):
+            raise _Refused(f"its pickle names a persistent object {pid!r}, not a storage")
+        _, storage_type, key, _location, numel, view = pid
+        dtype = _storage_type(storage_type, key, numel)
+        root = self.roots.setdefault(key, _Storage(dtype, numel))
+        if root.dtype != dtype or root.numel != numel:
+            raise _Refused(f"storage {key} is declared twice with different types or sizes")
+        if view is None:
+            return root
+        if not (isinstance(view, tuple) and len(view) == 3):
+            raise _Refused(f"storage {key} has a view {view!r}")
+        view_key, offset, view_numel = view
+        (offset, view_numel) = _ints((offset, view_numel), "storage view")
+        if offset + view_numel > numel:
+            raise _Refused(f"a view of storage {key} reaches past its {numel} elements")
+        return self._views.setdefault(
+            str(view_key), _Storage(dtype, view_numel, root=root, root_offset=offset)
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +320,7 @@ def load_pth(path: str | os.PathLike) -> Any:
     if path.is_dir():
         raise PthError(f"{path} is a folder, not a .pth file; pass the file inside it")
     try:
-        return _read_zip(path)
+        return _read(path)
     except _Unsupported as unsupported:
         why = str(unsupported)
         try:
@@ -250,14 +334,13 @@ def load_pth(path: str | os.PathLike) -> Any:
         return _torch_load(path)
 
 
-def _read_zip(path: pathlib.Path) -> Any:
+def _read(path: pathlib.Path) -> Any:
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_HEAD))
     if not head:
         raise PthError(f"{path} is empty (0 bytes); download or copy the checkpoint again")
-    if not zipfile.is_zipfile(path):
-        if head.startswith(_LEGACY_HEAD):
-            raise _Unsupported("it is in torch.save's pre-1.6 format")
+    is_zip = zipfile.is_zipfile(path)
+    if not is_zip and not head.startswith(_LEGACY_HEAD):
         if tarfile.is_tarfile(path):
             raise _Unsupported("it is in torch.save's tar format (PyTorch < 0.4)")
         if head.startswith(b"PK\x03\x04"):
@@ -266,26 +349,11 @@ def _read_zip(path: pathlib.Path) -> Any:
                 "end); download or copy it again"
             )
         raise PthError(
-            f"{path} is not a PyTorch checkpoint: torch.save writes zip archives and this is "
-            "neither one nor the pre-1.6 format"
+            f"{path} is not a PyTorch checkpoint: torch.save writes zip archives or, before "
+            "PyTorch 1.6, a sequence of pickles, and this is neither"
         )
     try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-            if len(pickles) != 1:
-                npz = any(n.endswith(".npy") for n in names)
-                what = "a NumPy .npz archive" if npz else "a zip archive"
-                raise PthError(
-                    f"{path} is {what}, not a PyTorch checkpoint (torch.save puts exactly one "
-                    f"<name>/data.pkl inside; found {len(pickles)})"
-                )
-            prefix = pickles[0][: -len("/data.pkl")]
-            big_endian = False
-            if f"{prefix}/byteorder" in names:
-                big_endian = archive.read(f"{prefix}/byteorder").strip() == b"big"
-            unpickler = _Unpickler(archive.read(pickles[0]), archive, prefix, big_endian)
-            return _plain(unpickler.load())
+        return _read_zip(path) if is_zip else _read_legacy(path)
     except PthError as e:
         if str(path) in str(e):
             raise
@@ -295,16 +363,85 @@ def _read_zip(path: pathlib.Path) -> Any:
     except _Unsupported:
         raise
     except (zipfile.BadZipFile, EOFError, pickle.UnpicklingError) as e:
-        raise PthError(f"{path} is corrupt ({e}); download or copy it again") from None
+        raise PthError(
+            f"{path} is corrupt or truncated ({e or type(e).__name__}); download or copy it again"
+        ) from None
     except Exception as e:  # noqa: BLE001 - any other failure of a hostile or broken pickle
         raise PthError(
-            f"{path} is corrupt: unpickling its data.pkl failed with {type(e).__name__}: {e}"
+            f"{path} is corrupt: unpickling it failed with {type(e).__name__}: {e}"
         ) from None
 
 
+def _read_zip(path: pathlib.Path) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+        if len(pickles) != 1:
+            npz = any(n.endswith(".npy") for n in names)
+            what = "a NumPy .npz archive" if npz else "a zip archive"
+            raise PthError(
+                f"{path} is {what}, not a PyTorch checkpoint (torch.save puts exactly one "
+                f"<name>/data.pkl inside; found {len(pickles)})"
+            )
+        prefix = pickles[0][: -len("/data.pkl")]
+        big_endian = False
+        if f"{prefix}/byteorder" in names:
+            big_endian = archive.read(f"{prefix}/byteorder").strip() == b"big"
+        storages = _ZipStorages(archive, prefix, big_endian)
+        return _plain(_Unpickler(io.BytesIO(archive.read(pickles[0])), storages).load())
+
+
+_LEGACY_PROTOCOL = 1001
+
+
+def _read_legacy(path: pathlib.Path) -> Any:
+    stream = io.BytesIO(path.read_bytes())
+
+    def header() -> Any:
+        return _Unpickler(stream, None).load()
+
+    if header() != _LEGACY_MAGIC:
+        raise PthError(f"{path} does not start with torch.save's magic number")
+    protocol = header()
+    if protocol != _LEGACY_PROTOCOL:
+        raise _Unsupported(f"it has legacy protocol version {protocol!r}, not {_LEGACY_PROTOCOL}")
+    sys_info = header()
+    if not isinstance(sys_info, dict):
+        raise _Refused(f"its system-info header is a {type(sys_info).__name__}, not a dict")
+    order = "<" if sys_info.get("little_endian", True) else ">"
+    storages = _LegacyStorages()
+    obj = _Unpickler(stream, storages).load()
+    keys = header()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _Refused("its list of storage keys is not a list of strings")
+    for key in keys:
+        storage = storages.roots.get(key)
+        if storage is None:
+            raise _Refused(f"it stores bytes for storage {key}, which its pickle never uses")
+        raw = stream.read(8)
+        if len(raw) < 8:
+            raise PthError(f"{path} is truncated: the bytes of storage {key} are missing; "
+                           "download or copy it again")
+        (numel,) = struct.unpack(order + "q", raw)
+        if numel != storage.numel:
+            raise PthError(f"{path} is corrupt: storage {key} holds {numel} elements, its "
+                           f"tensors were saved with {storage.numel}")
+        nbytes = numel * storage.dtype.itemsize
+        raw = stream.read(nbytes)
+        if len(raw) < nbytes:
+            raise PthError(f"{path} is truncated: storage {key} has {len(raw)} of its {nbytes} "
+                           "bytes; download or copy it again")
+        storage.data = np.frombuffer(raw, storage.dtype.newbyteorder(order)).astype(
+            storage.dtype.newbyteorder("=")
+        )
+    return _plain(obj)
+
+
 def _plain(obj: Any) -> Any:
-    if isinstance(obj, _Tensor | _Storage):
+    if isinstance(obj, _Tensor):
         return obj.array
+    if isinstance(obj, _Storage):
+        return obj.array()
     if isinstance(obj, Mapping):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from conftest import REPO, start_until, tiny_config
+from fid_lpips_weights import write_weight_files
 
 from isnet_jax import checkpoint, train
 
@@ -45,6 +46,17 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     # Orbax's per-save chatter stays out of the user's log.
     assert "atomicity.py" not in out.stderr
 
+    # A broken FID weights file: one line naming it, before anything is written.
+    weights = write_weight_files(tmp_path / "weights")
+    truncated = tmp_path / "pt_inception-truncated.pth"
+    truncated.write_bytes(weights["inception"].read_bytes()[:5_000_000])
+    out = _run(f"--workdir={workdir}", "--mode=eval", *_TINY,
+               f"--config.eval.fid_weights={truncated}")
+    assert out.returncode != 0
+    assert f"error: config.eval.fid_weights: {truncated} is a truncated" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (workdir / "eval").exists()
+
     out = _run(
         f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.eval.num_images_final=4"
     )
@@ -64,6 +76,44 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     events = event_accumulator.EventAccumulator(str(workdir / "eval"))
     events.Reload()
     assert "10-20%/mean_fill/psnr" in events.Tags()["tensors"]
+    # Without weight files: the old rows, and one line saying how to add FID and LPIPS.
+    step_dir = workdir / "eval" / "step_4"
+    assert "| FID" not in out.stdout and "| LPIPS" not in out.stdout
+    note = [line for line in out.stdout.splitlines() if "not computed" in line]
+    assert len(note) == 1 and note[0].startswith("FID and LPIPS not computed: set config.eval.")
+    assert results["not_computed"] == note[0] and "fid" not in results["bands"]["all"]
+    assert sorted(p.name for p in step_dir.glob("sheet_*.png")) == [
+        "sheet_10-20.png", "sheet_20-30.png", "sheet_30-40.png", "sheet_40-50.png", "sheet_all.png"
+    ]
+    assert "10-20%/sheet" in events.Tags()["tensors"]
+
+    # With the random-weight stand-ins for pytorch-fid's and lpips' files: every column.
+    (workdir / "eval").rename(tmp_path / "eval_without")
+    out = _run(
+        f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.eval.num_images_final=4",
+        f"--config.eval.fid_weights={weights['inception']}", "--config.eval.fid_method=eigh",
+        f"--config.eval.lpips_backbone_weights={weights['alexnet']}",
+        f"--config.eval.lpips_lin_weights={weights['lin_alex']}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = (step_dir / "table.md").read_text()
+    for row in ("| FID |", "| FID, mean-colour fill |", "| LPIPS (alex) |",
+                "| LPIPS (alex), mean-colour fill |", "| PSNR |", "| PSNR, mean-colour fill |"):
+        assert row in out.stdout and row in table, row
+    fid_row = next(line for line in table.splitlines() if line.startswith("| FID |"))
+    assert fid_row.count("(n=4)") == 5  # the image count beside every FID
+    assert "not computed" not in out.stdout
+    results = json.loads((step_dir / "results.json").read_text())
+    assert results["fid"]["method"] == "eigh" and results["lpips"]["net"] == "alex"
+    for band in results["bands"].values():
+        assert band["fid"] > 0 and band["mean_fill/fid"] > 0 and band["fid_images"] == 4
+        assert 0 < band["lpips"] < 1 and 0 < band["mean_fill/lpips"] < 1
+    assert len(list(step_dir.glob("sheet_*.png"))) == 5
+    events = event_accumulator.EventAccumulator(str(workdir / "eval"))
+    events.Reload()
+    assert {"all/fid", "all/lpips", "all/mean_fill/fid", "all/sheet"} <= set(
+        events.Tags()["tensors"]
+    )
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
