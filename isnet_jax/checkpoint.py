@@ -120,29 +120,33 @@ def _damaged(mngr: ocp.CheckpointManager, step: int, items, error: BaseException
 
 def _restore(mngr: ocp.CheckpointManager, step: int, /, **args) -> Any:
     """``mngr.restore`` of these items; any failure to read them is a DamagedCheckpointError."""
+    _quiet_abandoned_reads()
     try:
         return mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - Orbax raises plain Exception for unreadable data
-        error = _damaged(mngr, step, args, e)
-    _quiet_abandoned_reads()
-    raise error
+        raise _damaged(mngr, step, args, e) from None
 
 
 def _quiet_abandoned_reads() -> None:
-    """After a failed restore Orbax leaves its other array reads pending; when they are
-    finalised (at exit at the latest) Python prints each one's exception with TensorStore's
-    whole spec, hundreds of lines after the one error that matters. Those, and only those,
-    are dropped from here on."""
-    previous = sys.unraisablehook
-    if getattr(previous, "isnet_jax_quiet_reads", False):
+    """When a restore fails, Orbax abandons its other array reads: as they are finalised (at
+    exit at the latest) Python prints each one's exception with TensorStore's whole spec, and
+    a read that completes after Orbax closed its event loop prints "Event loop is closed" from
+    TensorStore's callback thread: hundreds of lines after the one error that matters. Those
+    two messages, and only those, are dropped (installed once, on the first read)."""
+    if getattr(sys.unraisablehook, "isnet_jax_quiet_reads", False):
         return
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable) -> None:
-        if not str(unraisable.exc_value).startswith("Encountered error while reading"):
-            previous(unraisable)
+    def unraisable(info) -> None:
+        if not str(info.exc_value).startswith("Encountered error while reading"):
+            previous_unraisable(info)
 
-    hook.isnet_jax_quiet_reads = True
-    sys.unraisablehook = hook
+    def excepthook(kind, value, traceback) -> None:
+        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+            previous_except(kind, value, traceback)
+
+    unraisable.isnet_jax_quiet_reads = True
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

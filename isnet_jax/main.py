@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import logging as logging_lib
+import os
 import pathlib
 import re
 import sys
@@ -134,7 +135,18 @@ def main(argv: list[str]) -> None:
             evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
     except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(errors.EXIT_USER_ERROR)
+        _leave(errors.EXIT_USER_ERROR)
+
+
+def _leave(status: int) -> None:
+    """Flushes and exits at once. Everything is saved and waited for by now; Python's own
+    teardown with XLA's, grain's and Orbax's threads still running can hang or crash after an
+    interrupt (seen: a segfault when Ctrl-C came during compilation), and after a failed
+    restore TensorStore's threads print "Event loop is closed" tracebacks while it runs."""
+    logging.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _define_config_flag() -> flags.FlagHolder:
@@ -156,10 +168,10 @@ def run() -> None:
     try:
         app.run(main, flags_parser=_parse_flags)
     except KeyboardInterrupt:
-        # Training has saved its last completed step by now (train.train_and_evaluate).
+        # Training has saved and waited for its last completed step by now.
         print("interrupted (Ctrl-C); the same command resumes a training run from its last "
               "checkpoint", file=sys.stderr)
-        sys.exit(errors.EXIT_INTERRUPTED)
+        _leave(errors.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

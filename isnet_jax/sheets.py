@@ -1,10 +1,20 @@
-"""Image sheets: rows of ``masked input | result | ground truth`` with each hole outlined."""
+"""Images for a person to look at instead of numbers to read.
+
+- Evaluation sheets (``image_sheet``): rows of ``masked input | result | ground truth`` with
+  each hole outlined, one per hole-ratio band.
+- Training sample grids (``sample_grid``, ``write_samples``): rows of ``masked input |
+  prediction | composite | ground truth`` of a fixed batch, to TensorBoard and PNG files.
+"""
 
 from __future__ import annotations
 
 import io
 
+import jax
+import jax.experimental.multihost_utils
 import numpy as np
+from clu import metric_writers
+from etils import epath
 
 OUTLINE = (1.0, 0.0, 0.9)  # magenta: rare in photographs
 GUTTER = 2  # pixels of white between panels and rows
@@ -47,8 +57,38 @@ def image_sheet(image: np.ndarray, mask: np.ndarray, result: np.ndarray) -> np.n
 
 
 def png_bytes(array: np.ndarray) -> bytes:
+    """Encoded in memory: epath paths may be ``gs://``, where PIL cannot open files."""
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def sample_grid(image, mask, pred, max_rows: int = 4) -> np.ndarray:
+    """(B, H, W, 3) image and prediction, (B, H, W, 1) mask (1 = known) -> uint8
+    (rows * H, 4 * W, 3)."""
+    image, mask, pred = (np.asarray(a, np.float32)[:max_rows] for a in (image, mask, pred))
+    masked = image * mask + (1.0 - mask)
+    comp = pred * (1.0 - mask) + image * mask
+    rows = [np.concatenate(cols, axis=1) for cols in zip(masked, pred, comp, image, strict=True)]
+    grid = np.concatenate(rows, axis=0)
+    return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def write_samples(
+    writer: metric_writers.MetricWriter, workdir: epath.Path, step: int, image, mask, pred
+) -> None:
+    """Gathers the global batch from every process; process 0 writes the grid as
+    ``samples/step_XXXXXXXX.png`` and to TensorBoard (``samples``)."""
+    image, mask, pred = (
+        np.asarray(jax.experimental.multihost_utils.process_allgather(a, tiled=True))
+        for a in (image, mask, pred)
+    )
+    if jax.process_index() != 0:
+        return
+    grid = sample_grid(image, mask, pred)
+    writer.write_images(step, {"samples": grid[None]})
+    samples = workdir / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    (samples / f"step_{step:08d}.png").write_bytes(png_bytes(grid))

@@ -1,8 +1,8 @@
 """ISNet training: the release's joint G/D step as one pure function under ``jax.jit``, and the
 loop around it.
 
-Reads top to bottom: config -> networks -> loss terms -> state -> step -> loop. Checkpoints are
-``checkpoint.py``'s, evaluation ``evaluate.py``'s and sample grids ``summaries.py``'s. G and D
+Reads top to bottom: config -> networks -> state -> step -> loop. The loss terms are
+``losses.py``'s, checkpoints ``checkpoint.py``'s, sample grids ``sheets.py``'s. G and D
 are updated together from one forward pass (simultaneous update), data parallel over a
 ``Mesh``; an update whose gradients are not finite is never applied.
 """
@@ -23,7 +23,7 @@ from clu import metric_writers, metrics, periodic_actions
 from etils import epath
 from flax import nnx, traverse_util
 
-from isnet_jax import checkpoint, errors, losses, models, preemption, sharding, summaries
+from isnet_jax import checkpoint, errors, losses, models, preemption, sharding, sheets
 from isnet_jax.models.layers import SpectralState
 
 # ---------------------------------------------------------------------------------------------
@@ -518,9 +518,13 @@ class _Loop:
         g_vars = (self.state["g_params"], self.state["g_spectral"])
         if self._due(self.config.image_every_steps):
             pred = self.trainer.predict(*g_vars, *fixed_batch)
-            summaries.write_samples(self.writer, self.workdir, self.step, *fixed_batch, pred)
+            sheets.write_samples(self.writer, self.workdir, self.step, *fixed_batch, pred)
         if self.evaluator is not None and self.step % self.config.eval_every_steps == 0:
-            self.writer.write_scalars(self.step, self.evaluator(*g_vars))
+            scalars = self.evaluator(*g_vars)
+            self.writer.write_scalars(self.step, scalars)
+            logging.info("step %d: held-out PSNR %.2f dB (mean-colour fill %.2f dB) on %d images",
+                         self.step, scalars["eval/psnr"], scalars["eval/mean_fill/psnr"],
+                         self.config.eval.num_images)
 
     def keep_progress(self, why: str) -> None:
         """Saves the last completed step unless it is saved: the next run resumes from it."""
