@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import subprocess
 import sys
@@ -252,3 +253,32 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
         "(hole_black (black = hole, white = known) or hole_white (white = hole)); see "
         "python -m isnet_jax.masks split --help"]
 
+
+def test_one_polarity_vocabulary_and_default_for_training_inference_and_the_page(tmp_path):
+    """A mask file means the same in training, evaluation, inpainting and the page: one
+    spelling, one default (hole_black), and the old spelling is refused naming the new one."""
+    from configs import default
+    from isnet_jax import app, inpaint
+
+    assert masks.POLARITIES == ("hole_black", "hole_white")
+    assert masks.DEFAULT_POLARITY == "hole_black" == default.get_config().masks.polarity
+    assert inpaint.parse_args(["--checkpoint", "C", "--input", "I", "--mask", "M",
+                               "--output", "O"]).mask_polarity == masks.DEFAULT_POLARITY
+    page = inspect.signature(app.App.inpaint).parameters["polarity"].default
+    assert page == masks.DEFAULT_POLARITY
+    known = _box_mask(32, 0.25)
+    path = _save(tmp_path / "m.png", known)  # black = hole
+    # Read at its own size with the same > 127 cut, training's reader and inpainting's agree.
+    for polarity in (None, *masks.POLARITIES):
+        given = () if polarity is None else (polarity,)
+        training = masks.load_mask(path, 32, *given, threshold=127).astype(bool)
+        inference = inpaint.load_mask(path, *given)
+        np.testing.assert_array_equal(training, inference)
+        np.testing.assert_array_equal(training, known if polarity != "hole_white" else ~known)
+    for call in (lambda p: masks.MaskSet(tmp_path, p), lambda p: masks.load_mask(path, 32, p),
+                 lambda p: inpaint.load_mask(path, p), lambda p: masks.other_polarity(p)):
+        with pytest.raises(errors.ConfigError, match="'hole-white': write hole_white"):
+            call("hole-white")
+    with pytest.raises(errors.ConfigError, match="^unknown config.masks.polarity 'black': "
+                       "choose hole_black"):
+        masks.MaskSet(tmp_path, "black")
