@@ -13,13 +13,18 @@ The same call is gradio's API endpoint ``/inpaint``, so ``gradio_client`` can dr
     client = Client("http://127.0.0.1:7860/")
     result_png, status = client.predict(
         {"background": handle_file("photo.jpg"), "layers": [], "composite": None},
-        handle_file("mask.png"), "hole-white", "auto", api_name="/inpaint")
+        handle_file("mask.png"), "hole_black", "auto", api_name="/inpaint")
+
+The mask polarity is one of ``masks.POLARITIES``: ``hole_black`` (the default: black = hole,
+white = known, as in training) or ``hole_white``.
 
 The model is loaded and compiled once at start (for the ``--size`` crops that crop and resize
 modes run); pad mode compiles once per new image size. Requests queue and run one at a time.
 The server binds to 127.0.0.1 unless ``--host`` says otherwise and never opens a public share
 link. Bad input (not an image, no hole, all hole, a photo above ``--max-megapixels``, a mask of
-another size) gets one message on the page and the server goes on serving.
+another size, an unknown polarity) gets one message on the page and the server goes on serving.
+A mistake in the command (a bad flag, a missing or damaged checkpoint, no gradio) is one
+``error:`` line and exit status 2; Ctrl-C stops the server with one line and status 130.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from isnet_jax import inpaint
+from isnet_jax import errors, inpaint, masks
 
 # A local tool: no usage statistics leave the machine (gradio sends them unless told not to).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -53,8 +58,9 @@ UNREADABLE = (UnidentifiedImageError, OSError, ValueError, SyntaxError)
 
 def _require_gradio() -> None:
     if gr is None:
-        raise SystemExit(
-            'error: the web page needs gradio: pip install -e ".[app]" (in the isnet-jax checkout)'
+        raise errors.UserError(
+            'the web page needs gradio; install it with pip install -e ".[app]" in the '
+            "isnet-jax checkout"
         )
 
 
@@ -98,6 +104,22 @@ def _report_unreadable(component: Any, what: str) -> Any:
     return component
 
 
+def _check_polarity(component: Any) -> Any:
+    """Makes the polarity choice answer an unknown value (an API call's, say the old spelling
+    ``hole-white``) with the message that names the right spelling, not gradio's own."""
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        try:
+            masks.check_polarity(payload)
+        except errors.ConfigError as e:
+            raise _reject(html.escape(str(e), quote=False)) from None
+        return preprocess(payload)
+
+    component.preprocess = checked
+    return component
+
+
 def _painted_known(layers: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
     """The editor's paint layers -> bool (H, W), True = known: any painted pixel is hole."""
     known = np.ones(shape, bool)
@@ -126,7 +148,7 @@ class App:
         self,
         photo: dict | None,
         mask: np.ndarray | None,
-        polarity: str = inpaint.POLARITIES[0],
+        polarity: str = masks.DEFAULT_POLARITY,
         mode: str = "auto",
     ) -> tuple[np.ndarray, str]:
         """One click of Inpaint: returns the composite and a status line; raises ``gr.Error``
@@ -161,7 +183,7 @@ class App:
         if hole == 0.0:
             raise _reject(
                 "There is no hole to fill: paint over the area to replace, or upload a mask "
-                f"({'white' if polarity == 'hole-white' else 'black'} = hole with {polarity})."
+                f"({'white' if polarity == 'hole_white' else 'black'} = hole with {polarity})."
             )
         if hole == 1.0:
             raise _reject(
@@ -182,7 +204,7 @@ class App:
                 f"{100 * inpaint.TRAINED_MAX_HOLE:.0f} %)."
             )
             if mask is not None:
-                other = inpaint.POLARITIES[1 - inpaint.POLARITIES.index(polarity)]
+                other = masks.other_polarity(polarity)
                 status += f" If the mask marks what to keep, choose {other}."
         return done.image, status
 
@@ -224,10 +246,11 @@ def build(
                         elem_id=MASK_ID,
                     )
                     polarity = gr.Radio(
-                        list(inpaint.POLARITIES),
-                        value=inpaint.POLARITIES[0],
+                        list(masks.POLARITIES),
+                        value=masks.DEFAULT_POLARITY,
                         label="Mask polarity",
-                        info="hole-white: white marks the hole; hole-black: black does",
+                        info="hole_black: black marks the hole, white is kept (the NVIDIA "
+                        "masks; what training reads); hole_white: white marks the hole",
                     )
                 mode = gr.Radio(
                     list(inpaint.RESIZE_MODES), value="auto", label="Strategy", info=strategies
@@ -246,6 +269,7 @@ def build(
                 status = gr.Markdown(label="status", elem_id=STATUS_ID)
         _report_unreadable(photo, "photo")
         _report_unreadable(mask, "mask")
+        _check_polarity(polarity)
         button.click(
             app.inpaint,
             inputs=[photo, mask, polarity, mode],
@@ -266,7 +290,7 @@ def warm_up(inpainter: inpaint.Inpainter) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m isnet_jax.app",
         description="Serve a local web page that inpaints photos with an ISNet checkpoint.",
     )
@@ -318,20 +342,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    return errors.run_cli(lambda: serve(args), "the server stopped")
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Loads the model, serves the page until Ctrl-C (which propagates) and returns 0."""
     _require_gradio()
     import jax
 
     start = time.perf_counter()
-    try:
-        inpainter = inpaint.Inpainter.from_checkpoint(
-            args.checkpoint,
-            args.step,
-            size=args.size,
-            margin=args.crop_margin,
-            crop_above=args.crop_above,
-        )
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    inpainter = inpaint.Inpainter.from_checkpoint(
+        args.checkpoint,
+        args.step,
+        size=args.size,
+        margin=args.crop_margin,
+        crop_above=args.crop_above,
+    )
     meta = inpainter.meta
     about = (
         f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
@@ -355,11 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
-        demo.block_thread()
-    except KeyboardInterrupt:
-        pass
+        # gradio's block_thread() would swallow Ctrl-C and print its own line: wait here, so
+        # that Ctrl-C ends as every command's does (errors.run_cli).
+        while demo.is_running:
+            time.sleep(0.1)
     finally:
-        demo.close()
+        demo.close(verbose=False)
     return 0
 
 

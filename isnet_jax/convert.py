@@ -22,7 +22,6 @@ that a key the release has and we lack, or the reverse, is an error and never a 
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import pathlib
@@ -39,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, fid
+from isnet_jax import checkpoint, errors, fid
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import NAMES as VGG_NAMES
 from isnet_jax.models.vgg import TORCH_INDICES as VGG_TORCH_INDICES
@@ -368,12 +367,13 @@ def load_vgg19(
 ) -> VGG19:
     """The VGG19 loss network from our ``vgg19.npz``, a folder holding one, or torchvision's
     ``.pth`` (what ``config.loss.vgg_weights`` may name). The file's content decides, not its
-    name. Raises ``FileNotFoundError`` (saying how to make the file) when it does not exist."""
+    name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
+    exist."""
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / VGG_FILE
     if not path.exists():
-        raise FileNotFoundError(
+        raise errors.MissingFileError(
             f"VGG19 weights not found at {path}. Get torchvision's vgg19-dcbb9e9d.pth, run "
             f"`{_CONVERT_HINT}` and point config.loss.vgg_weights at DIR/{VGG_FILE}"
         )
@@ -459,14 +459,14 @@ def export_checkpoint(
     path, step = checkpoint.split_step(source)
     g, d, meta = checkpoint.restore_models(path, step)
     if meta["generator"] != "isnet":
-        raise ValueError(
+        raise errors.ConfigError(
             f"{path} holds the {meta['generator']!r} generator; the release's format exists only "
             "for ISNet (model.generator='isnet')"
         )
     output = pathlib.Path(output)
     for name in (GEN_FILE, DIS_FILE):
         if (output / name).exists() and not overwrite:
-            raise FileExistsError(
+            raise errors.OutputExistsError(
                 f"{output / name} exists; pass --overwrite to replace it, or choose a new folder"
             )
     files = export_official(g, d, output, epoch=meta["step"])
@@ -484,9 +484,9 @@ def export_checkpoint(
 
 def _check_output(output: pathlib.Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
-        raise FileExistsError(f"--output {output} is a file; give a folder")
+        raise errors.OutputExistsError(f"--output {output} is a file; give a folder")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise errors.OutputExistsError(
             f"--output {output} is not empty; pass --overwrite to replace the checkpoint and "
             f"{VGG_FILE} in it, or choose a new folder"
         )
@@ -503,23 +503,26 @@ def convert(
 ) -> list[str]:
     """Converts the given files into ``output``; returns one line per thing written.
 
-    All inputs are read and checked first: on ``PthError`` / ``FileNotFoundError`` /
-    ``FileExistsError`` nothing has been written. ``overwrite`` replaces only what this call
-    writes (the checkpoint steps with ``generator``, ``vgg19.npz`` with ``vgg19``,
-    ``inception_fid.npz`` with ``inception``).
+    All inputs are read and checked first: on an ``errors.UserError`` (``PthError``,
+    ``MissingFileError``, ``OutputExistsError``, ``ConfigError``) nothing has been written.
+    ``overwrite`` replaces only what this call writes (the checkpoint steps with ``generator``,
+    ``vgg19.npz`` with ``vgg19``, ``inception_fid.npz`` with ``inception``).
     """
     if generator is None and vgg19 is None and inception is None:
-        raise ValueError("nothing to convert: give a generator, a VGG19 and/or an Inception file")
+        raise errors.ConfigError(
+            "nothing to convert: give a generator, a VGG19 and/or an Inception file")
     if discriminator is not None and generator is None:
-        raise ValueError("a discriminator is stored beside its generator: give the generator too")
+        raise errors.ConfigError(
+            "a discriminator is stored beside its generator: give the generator too")
     output = pathlib.Path(output)
     _check_output(output, overwrite)
     for kind, given in (("generator", generator), ("discriminator", discriminator),
                         ("vgg19", vgg19)):
         if given is not None and not pathlib.Path(given).is_file():
-            raise FileNotFoundError(f"{_KINDS[kind][1]} {given}: no such file")
+            raise errors.MissingFileError(
+                f"{_KINDS[kind][1]} {given}: no such file; check the path")
     if inception is not None and not pathlib.Path(inception).is_file():
-        raise FileNotFoundError(f"--inception {inception}: no such file")
+        raise errors.MissingFileError(f"--inception {inception}: no such file; check the path")
 
     g = d = vgg = None
     if generator is not None:
@@ -563,7 +566,7 @@ def convert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m isnet_jax.convert",
         description="Convert the official ISNet release's PyTorch checkpoints (and torchvision's "
         "VGG19) to an isnet_jax checkpoint folder. PyTorch is not needed.",
@@ -587,26 +590,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.generator or args.discriminator or args.vgg19 or args.inception:
             parser.error("--export writes .pth files; it takes no --generator/--discriminator/"
                          "--vgg19/--inception (convert those in a separate call)")
-        try:
+    elif args.generator is None and args.vgg19 is None and args.inception is None:
+        parser.error("give --generator, --vgg19 and/or --inception (or --export)")
+    elif args.discriminator is not None and args.generator is None:
+        parser.error("--discriminator is stored beside its generator: give --generator too")
+
+    def body() -> int:
+        if args.export is not None:
             lines = export_checkpoint(args.export, args.output, overwrite=args.overwrite)
-        except (FileNotFoundError, FileExistsError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        else:
+            lines = convert(args.output, generator=args.generator,
+                            discriminator=args.discriminator, vgg19=args.vgg19,
+                            overwrite=args.overwrite, inception=args.inception)
         print("\n".join(lines))
         return 0
-    if args.generator is None and args.vgg19 is None and args.inception is None:
-        parser.error("give --generator, --vgg19 and/or --inception (or --export)")
-    if args.discriminator is not None and args.generator is None:
-        parser.error("--discriminator is stored beside its generator: give --generator too")
-    try:
-        lines = convert(args.output, generator=args.generator, discriminator=args.discriminator,
-                        vgg19=args.vgg19, overwrite=args.overwrite, inception=args.inception)
-    except (PthError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for line in lines:
-        print(line)
-    return 0
+
+    # Files are written beside their target and renamed, and a new --output is removed on
+    # failure, so an interrupted run leaves no half-written file.
+    return errors.run_cli(body, "no half-written file is left; run the command again (with "
+                          "--overwrite if --output already held files)")
 
 
 if __name__ == "__main__":

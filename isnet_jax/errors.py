@@ -2,12 +2,18 @@
 missing or wrong weights, a damaged checkpoint.
 
 Its message says what is wrong and how to fix it. The command-line tools (``main``,
-``convert``, ``inpaint``, ``evaluate`` through ``main``) print it as one line,
-``error: <message>``, and exit with status 2; any other exception is a bug and keeps its
-traceback. The subclasses also derive from the built-in type a Python caller would expect.
+``convert``, ``inpaint``, ``app``, ``masks``, ``evaluate`` through ``main``) print it as one
+line, ``error: <message>``, and exit with status 2 (``run_cli``; a bad flag too:
+``ArgumentParser``); Ctrl-C is one line and status 130; any other exception is a bug and keeps
+its traceback. The subclasses also derive from the built-in type a Python caller would expect.
 """
 
 from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -23,3 +29,33 @@ class ConfigError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A path the user gave (or the config names) that does not exist or holds nothing usable."""
+
+
+class OutputExistsError(UserError, FileExistsError):
+    """An output the tool would replace; the fix is ``--overwrite`` or another path."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes (a bad flag or value) are one ``error:`` line and status 2, as
+    a ``UserError`` is; argparse's own prints the usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run_cli(body: Callable[[], int], interrupted: str) -> int:
+    """Runs a command-line tool's work and returns its exit status.
+
+    A ``UserError`` is printed as one line, ``error: <message>``, and gives ``EXIT_USER_ERROR``;
+    Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
+    any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        return body()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C); {interrupted}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED

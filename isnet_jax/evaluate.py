@@ -25,7 +25,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from isnet_jax import checkpoint, input_pipeline, metrics, perceptual, sharding, sheets
+from isnet_jax import checkpoint, errors, input_pipeline, metrics, perceptual, sharding, sheets
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
     (0.1, 0.2),
@@ -113,7 +113,8 @@ class MetricSums:
                 last_report = time.perf_counter()
         count = totals.pop("count", 0.0)
         if not count:
-            raise ValueError("the evaluation set is empty: check config.data and config.eval")
+            raise errors.ConfigError(
+                "the evaluation set is empty: check config.data and config.eval")
         means = {k: v / count for k, v in totals.items()}
         means["images"] = count
         if band is not None:

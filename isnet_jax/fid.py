@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import torch_weights
+from isnet_jax import errors, torch_weights
 from isnet_jax.pth import PthError
 
 _log = logging.getLogger(__name__)
@@ -243,12 +243,12 @@ class InceptionV3(nnx.Module):
     ) -> InceptionV3:
         """pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``, our converted ``.npz``, or a
         folder holding the ``.npz``. The file's content decides, not its name. Raises
-        ``FileNotFoundError`` or ``PthError`` (naming the file) for anything else."""
+        ``errors.MissingFileError`` or ``PthError`` (naming the file) for anything else."""
         path = pathlib.Path(path)
         if path.is_dir():
             path = path / NPZ_FILE
         if not path.exists():
-            raise FileNotFoundError(
+            raise errors.MissingFileError(
                 f"FID Inception weights not found at {path}: give pytorch-fid's {WEIGHTS_FILE} "
                 f"or the {NPZ_FILE} that `{_CONVERT_HINT}` writes"
             )
@@ -336,7 +336,10 @@ class FeatureStats:
 
     def _need(self, n: int) -> None:
         if self.count < n:
-            raise ValueError(f"FID statistics need at least {n} images, got {self.count}")
+            raise errors.ConfigError(
+                f"FID statistics need at least {n} images, got {self.count}: evaluate more "
+                "images (config.eval.num_images_final; FID of few images is biased anyway)"
+            )
 
 
 METHODS = ("sqrtm", "eigh")
@@ -374,7 +377,7 @@ def frechet_distance_from_stats(
     elif method == "eigh":
         tr_covmean = _trace_sqrtm_eigh(sigma1, sigma2)
     else:
-        raise ValueError(f"FID method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise errors.ConfigError(f"FID method must be one of {', '.join(METHODS)}, got {method!r}")
     diff = mu1 - mu2
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
@@ -436,7 +439,9 @@ class Reference:
 
     def __init__(self, mu: np.ndarray, sigma: np.ndarray, method: str = "sqrtm"):
         if method not in METHODS:
-            raise ValueError(f"FID method must be one of {', '.join(METHODS)}, got {method!r}")
+            raise errors.ConfigError(
+                f"FID method must be one of {', '.join(METHODS)}, got {method!r}"
+            )
         self.mu, self.sigma, self.method = np.float64(mu), np.float64(sigma), method
         self._factor: np.ndarray | None = None
 

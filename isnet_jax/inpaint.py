@@ -8,9 +8,10 @@ is the composite (known pixels copied from the input, holes from the network) wr
 ``OUTPUT/<stem>.png``, in the input's layout: grey stays grey, an alpha channel is kept as it
 was (the network sees RGB: grey repeated, alpha dropped).
 
-Masks: converted to grey and binarised at > 127. ``--mask-polarity hole-white`` (default: the
-convention of EdgeConnect, LaMa and OpenCV, white = area to fill) or ``hole-black`` (the NVIDIA
-irregular-mask files). Internally, as everywhere in this package, 1 = known and 0 = hole.
+Masks: converted to grey and binarised at > 127. ``--mask-polarity`` is ``hole_black`` (the
+default everywhere in this package, as in training and evaluation: black = hole, white = known,
+the NVIDIA irregular-mask files) or ``hole_white`` (white = area to fill: EdgeConnect, LaMa and
+OpenCV); see ``masks.POLARITIES``. Internally, as everywhere, 1 = known and 0 = hole.
 
 Image sizes (``--resize-mode``): ``pad`` reflect-pads each image to a multiple of 16, runs at
 full resolution and crops back; ``resize`` runs at ``--size`` x ``--size`` (the resolution the
@@ -21,12 +22,16 @@ merge into one) and pastes the up-sampled prediction into that crop's holes; ``a
 is crop for images whose longer side exceeds ``--crop-above`` (default twice ``--size``) and pad
 for the others. Each progress line says which mode its images ran in.
 
-Per-image problems never stop the run; each gets one line and the other images go on:
-unreadable image or mask, missing or ambiguous mask, wrong-size mask (pad and crop modes; resize
-mode resizes the mask with nearest neighbour), a mask with no hole (nothing to fill: no output is
-written) and an existing output without ``--overwrite`` (left alone). A mask that is all hole is
-processed with a warning: the model then invents an image from nothing. The exit status is 1 if
-any image ended without an output file, else 0.
+Per-image problems never stop the run; each gets one line and the other images go on: unreadable
+image or mask (any file PIL cannot decode), missing or ambiguous mask, wrong-size mask (pad and
+crop modes; resize mode resizes the mask with nearest neighbour), a mask with no hole (nothing
+to fill: no output is written) and an existing output without ``--overwrite`` (left alone). A
+mask that is all hole is processed with a warning: the model then invents an image from nothing.
+The exit status is 1 if any image ended without an output file, else 0. A mistake in the command
+(a path that does not exist, a bad flag, a missing or damaged checkpoint) is one ``error:`` line
+and status 2; Ctrl-C is one line and status 130, and a result cut off by it is removed, so the
+same command finishes the rest. Without ``--step``, a damaged latest checkpoint step is skipped
+with a warning that names it (``checkpoint.restore_models``).
 
 Python:
 
@@ -45,17 +50,18 @@ import math
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
+
+from isnet_jax import errors, masks
 
 MULTIPLE = 16  # four 2x down-samplings in the generator's low-resolution branch
-POLARITIES = ("hole-white", "hole-black")
 RESIZE_MODES = ("auto", "crop", "resize", "pad")
 # Crop mode: context kept around each group of holes, in image pixels (half the 256-px
 # training size: the network sees about as much context per hole as in training).
@@ -73,25 +79,38 @@ class InputError(Exception):
     """A problem with one image or mask; reported on one line, the run goes on."""
 
 
-def _open(path: pathlib.Path, what: str) -> Image.Image:
+def _decoded(path: pathlib.Path, what: str, decode: Callable[[Image.Image], Any]) -> Any:
+    """``decode(Image.open(path))``; any failure is an ``InputError`` naming the file.
+
+    Everything that touches the file's bytes runs in here: a broken file makes PIL raise
+    OSError, ValueError, SyntaxError (a PNG or WebP whose EXIF block is not TIFF data),
+    struct.error, TypeError, ... depending on the format and where its bytes go wrong, and
+    every one of them is a problem of that one image, not a reason to stop the run.
+    """
     try:
-        image = Image.open(path)
-        image.load()
-        # Editors display (and masks are drawn on) the EXIF-rotated image.
-        return ImageOps.exif_transpose(image)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read {what} {path}: {e}") from None
+        with Image.open(path) as image:
+            return decode(image)
+    except Exception as e:  # noqa: BLE001 - see above: PIL's errors have no common type
+        reason = str(e).strip() or type(e).__name__
+        raise InputError(f"cannot read {what} {path}: {reason}; replace the file, or open and "
+                         "save it again in an image editor") from None
 
 
 def _header_size(path: pathlib.Path, what: str) -> tuple[int, int]:
     """(height, width) as displayed, from the header only (no pixel decoding)."""
-    try:
-        with Image.open(path) as image:
-            w, h = image.size
-            orientation = image.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"cannot read {what} {path}: {e}") from None
-    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+    def size(image: Image.Image) -> tuple[int, int]:
+        w, h = image.size
+        orientation = image.getexif().get(0x0112, 1)
+        return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+    return _decoded(path, what, size)
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    # Editors display (and masks are drawn on) the EXIF-rotated image.
+    image.load()
+    return _to_8bit(ImageOps.exif_transpose(image))
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -110,34 +129,48 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 def load_rgb(path: pathlib.Path) -> np.ndarray:
     """Any PIL-readable image as uint8 (H, W, 3): alpha dropped, grey/palette expanded,
-    16-bit reduced to 8 bits."""
-    return np.asarray(_to_8bit(_open(path, "image")).convert("RGB"), dtype=np.uint8)
+    16-bit reduced to 8 bits. Raises ``InputError`` naming a file it cannot read."""
+    return _decoded(
+        path, "image", lambda image: np.asarray(_upright(image).convert("RGB"), dtype=np.uint8)
+    )
 
 
 def load_image(path: pathlib.Path) -> np.ndarray:
     """Any PIL-readable image as uint8 in the layout its result is written in: (H, W) for grey
     images (16-bit and float reduced to 8 bits), (H, W, 4) for images with transparency,
-    (H, W, 3) for the rest (palette, CMYK, ... converted)."""
-    image = _to_8bit(_open(path, "image"))
-    if image.mode in ("L", "1"):
-        return np.asarray(image.convert("L"), dtype=np.uint8)
-    if "A" in image.getbands() or "transparency" in image.info:
-        return np.asarray(image.convert("RGBA"), dtype=np.uint8)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    (H, W, 3) for the rest (palette, CMYK, ... converted). Raises ``InputError`` naming a
+    file it cannot read."""
+
+    def pixels(image: Image.Image) -> np.ndarray:
+        image = _upright(image)
+        if image.mode in ("L", "1"):
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+        if "A" in image.getbands() or "transparency" in image.info:
+            return np.asarray(image.convert("RGBA"), dtype=np.uint8)
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+    return _decoded(path, "image", pixels)
 
 
-def mask_to_known(grey: np.ndarray, polarity: str) -> np.ndarray:
-    """8-bit grey mask -> bool (H, W), True = known pixel."""
-    if polarity not in POLARITIES:
-        raise ValueError(f"unknown mask polarity {polarity!r}; choose one of {POLARITIES}")
-    white = grey > 127
-    return ~white if polarity == "hole-white" else white
+def mask_to_known(grey: np.ndarray, polarity: str = masks.DEFAULT_POLARITY) -> np.ndarray:
+    """8-bit grey mask -> bool (H, W), True = known pixel (``polarity``: ``masks.POLARITIES``)."""
+    return masks.known_where(np.asarray(grey) > 127, polarity)
 
 
-def load_mask(path: pathlib.Path, polarity: str) -> np.ndarray:
-    """A mask file as bool (H, W), True = known, after binarising its grey levels at > 127."""
-    grey = np.asarray(_to_8bit(_open(path, "mask")).convert("L"), dtype=np.uint8)
+def load_mask(path: pathlib.Path, polarity: str = masks.DEFAULT_POLARITY) -> np.ndarray:
+    """A mask file as bool (H, W), True = known, after binarising its grey levels at > 127.
+    Raises ``InputError`` naming a file it cannot read."""
+    masks.check_polarity(polarity)
+    grey = _decoded(
+        path, "mask", lambda image: np.asarray(_upright(image).convert("L"), dtype=np.uint8)
+    )
     return mask_to_known(grey, polarity)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in RESIZE_MODES:
+        raise errors.ConfigError(
+            f"unknown resize mode {mode!r}; choose one of {', '.join(RESIZE_MODES)}")
 
 
 def _resize_known(known: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -265,12 +298,12 @@ class Inpainter:
         margin: int = CROP_MARGIN,
         crop_above: int | None = None,
     ):
-        if mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
+        _check_mode(mode)
         if size <= 0 or size % MULTIPLE:
-            raise ValueError(f"--size must be a positive multiple of {MULTIPLE}, got {size}")
+            raise errors.ConfigError(
+                f"--size must be a positive multiple of {MULTIPLE}, got {size}")
         if margin < 0:
-            raise ValueError(f"--crop-margin must be at least 0, got {margin}")
+            raise errors.ConfigError(f"--crop-margin must be at least 0, got {margin}")
         self.graphdef, self.state = nnx.split(generator)
         self.mode = mode
         self.size = size
@@ -403,8 +436,8 @@ class Inpainter:
           byte, where known (alpha everywhere), the network's prediction in the holes (its
           luma for a grey image).
         """
-        if mode is not None and mode not in RESIZE_MODES:
-            raise ValueError(f"unknown resize mode {mode!r}; choose one of {RESIZE_MODES}")
+        if mode is not None:
+            _check_mode(mode)
         original = _as_uint8(image)
         rgb = _rgb_view(original)
         known = np.asarray(mask)
@@ -521,28 +554,31 @@ def _image_files(folder: pathlib.Path) -> tuple[list[pathlib.Path], int]:
 
 def plan(args: argparse.Namespace, report: Report) -> list[Job]:
     """Pairs images with masks and outputs; reports what cannot run."""
-    source, masks, output = pathlib.Path(args.input), pathlib.Path(args.mask), args.output
+    source, mask_path, output = pathlib.Path(args.input), pathlib.Path(args.mask), args.output
     if source.is_dir():
         images, ignored = _image_files(source)
         if ignored:
-            print(f"ignoring {ignored} file(s) in {source} without an image extension")
+            print(f"ignoring {ignored} file(s) in {source} without an image extension",
+                  flush=True)
     elif source.is_file():
         images = [source]
     else:
-        raise SystemExit(f"error: --input {source} does not exist")
-    if masks.is_dir():
+        raise errors.MissingFileError(
+            f"--input {source} does not exist; give an image file or a folder of images")
+    if mask_path.is_dir():
         by_stem: dict[str, list[pathlib.Path]] = {}
-        for p in _image_files(masks)[0]:
+        for p in _image_files(mask_path)[0]:
             by_stem.setdefault(p.stem, []).append(p)
-    elif not masks.is_file():
-        raise SystemExit(f"error: --mask {masks} does not exist")
+    elif not mask_path.is_file():
+        raise errors.MissingFileError(
+            f"--mask {mask_path} does not exist; give a mask file or a folder of masks")
 
     jobs, claimed = [], {}
     for image in images:
-        if masks.is_dir():
+        if mask_path.is_dir():
             found = by_stem.get(image.stem, [])
             if not found:
-                report.error(image, f"no mask named {image.stem}.* in {masks}")
+                report.error(image, f"no mask named {image.stem}.* in {mask_path}")
                 continue
             if len(found) > 1:
                 names = ", ".join(p.name for p in found)
@@ -550,7 +586,7 @@ def plan(args: argparse.Namespace, report: Report) -> list[Job]:
                 continue
             mask = found[0]
         else:
-            mask = masks
+            mask = mask_path
         out = output / f"{image.stem}.png"
         if out in claimed:
             report.error(image, f"{claimed[out].name} also writes {out}; rename one of them")
@@ -622,7 +658,7 @@ def _load(job: Job, inpainter: Inpainter, polarity: str, report: Report):
             "on, the result is invented from scratch",
         )
     elif hole > TRAINED_MAX_HOLE:
-        other = POLARITIES[1 - POLARITIES.index(polarity)]
+        other = masks.other_polarity(polarity)
         report.warn(
             job.image,
             f"{100 * hole:.0f}% of the image is hole (the model was trained up to "
@@ -635,8 +671,7 @@ def _load(job: Job, inpainter: Inpainter, polarity: str, report: Report):
 def _write(job: Job, result: np.ndarray, overwrite: bool, report: Report) -> None:
     try:
         # "x" refuses to replace a file that appeared since planning.
-        with open(job.output, "wb" if overwrite else "xb") as f:
-            Image.fromarray(result).save(f, format="PNG")
+        f = open(job.output, "wb" if overwrite else "xb")
     except FileExistsError:
         print(f"skip: {job.image}: {job.output} exists (pass --overwrite to replace it)")
         report.exists += 1
@@ -644,44 +679,57 @@ def _write(job: Job, result: np.ndarray, overwrite: bool, report: Report) -> Non
     except OSError as e:
         report.error(job.image, f"cannot write {job.output}: {e}")
         return
+    try:
+        with f:
+            Image.fromarray(result).save(f, format="PNG")
+    except BaseException as e:
+        # A half-written PNG (disk full, Ctrl-C) must not stay: the next run would skip it
+        # as done.
+        job.output.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+        report.error(job.image, f"cannot write {job.output}: {e}")
+        return
     report.written += 1
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SystemExit(f"error: cannot create --output folder {args.output}: {e}") from None
+    """The command line's work; raises ``errors.UserError`` for a mistake in the command."""
     report = Report()
     jobs = plan(args, report)
     if not jobs:
         print(f"nothing to do: {report.exists} output(s) exist, {len(report.failed)} failed")
         return 1 if report.failed else 0
 
-    try:
-        inpainter = Inpainter.from_checkpoint(
-            args.checkpoint,
-            args.step,
-            mode=args.resize_mode,
-            size=args.size,
-            margin=args.crop_margin,
-            crop_above=args.crop_above,
-        )
-    except FileNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
+    inpainter = Inpainter.from_checkpoint(
+        args.checkpoint,
+        args.step,
+        mode=args.resize_mode,
+        size=args.size,
+        margin=args.crop_margin,
+        crop_above=args.crop_above,
+    )
     meta = inpainter.meta
     print(
         f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step {meta.get('step')}) "
         f"from {args.checkpoint}; running on {jax.devices()[0].platform} "
-        f"({jax.device_count()} device(s)), {inpainter.describe()}"
+        f"({jax.device_count()} device(s)), {inpainter.describe()}",
+        flush=True,
     )
+    try:  # only now: a failed start leaves no empty folder behind
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise errors.UserError(
+            f"cannot create the --output folder {args.output} ({e}); give a folder you can "
+            "write to") from None
     buckets, crops = _bucket(jobs, inpainter, report)
     batches = []
     for key, bucket in buckets.items():
         size = min(args.batch_size, len(bucket))
         batches += [(key, size, bucket[i : i + size]) for i in range(0, len(bucket), size)]
     crop_note = f" and {len(crops)} in crop mode, one at a time" if crops else ""
-    print(f"{sum(map(len, buckets.values()))} image(s) in {len(batches)} batch(es){crop_note}")
+    print(f"{sum(map(len, buckets.values()))} image(s) in {len(batches)} batch(es){crop_note}",
+          flush=True)
 
     compiled = set()
     for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
@@ -733,7 +781,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = errors.ArgumentParser(
         prog="python -m isnet_jax.inpaint",
         description="Fill the holes of images with an ISNet generator checkpoint.",
     )
@@ -753,9 +801,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mask-polarity",
-        choices=POLARITIES,
-        default="hole-white",
-        help="which colour marks the hole (default: %(default)s)",
+        type=masks.polarity_flag,
+        default=masks.DEFAULT_POLARITY,
+        metavar="{" + ",".join(masks.POLARITIES) + "}",
+        help="which colour of the mask files marks the hole: hole_black (black = hole, white = "
+        "known: the NVIDIA masks, and training's default) or hole_white (default: %(default)s)",
     )
     parser.add_argument(
         "--resize-mode",
@@ -808,7 +858,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv))
+    """The command line; returns the exit status (0, 1 if an image failed, 2 for a mistake in
+    the command, 130 for Ctrl-C)."""
+    args = parse_args(argv)
+    return errors.run_cli(
+        lambda: run(args),
+        f"no result in {args.output} is left half written; the same command does the rest",
+    )
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import torch_weights
+from isnet_jax import errors, torch_weights
 from isnet_jax.pth import PthError
 
 # (name, torchvision file, lpips file, layers). A layer is ("conv", torch index, in, out,
@@ -71,7 +71,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 def _net(net: str) -> str:
     name = {"vgg16": "vgg"}.get(net, net)
     if name not in _NETS:
-        raise ValueError(f"LPIPS net must be one of {', '.join(NETS)}, got {net!r}")
+        raise errors.ConfigError(f"LPIPS net must be one of {', '.join(NETS)}, got {net!r}")
     return name
 
 
@@ -147,8 +147,8 @@ class LPIPS(nnx.Module):
     ) -> LPIPS:
         """LPIPS v0.1 from torchvision's backbone ``.pth`` and lpips' linear-layer ``.pth``.
 
-        Raises ``FileNotFoundError``, or ``PthError`` naming the file that is wrong (another
-        network's file says which one it is).
+        Raises ``errors.MissingFileError``, or ``PthError`` naming the file that is wrong
+        (another network's file says which one it is).
         """
         name = _net(net)
         backbone_what, lin_what, _ = _NETS[name]

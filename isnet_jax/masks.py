@@ -32,7 +32,12 @@ from PIL import Image, ImageDraw
 from isnet_jax import errors
 
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+# Which colour a mask file paints the hole, everywhere a mask file is read (config
+# ``masks.polarity``, ``inpaint --mask-polarity``, ``Inpainter``'s callers, the web page).
+# hole_black (white = known, our internal 1) is NVIDIA's irregular-mask convention: the same
+# files mean the same thing in training, evaluation and inpainting, with no inversion.
 POLARITIES = ("hole_black", "hole_white")
+DEFAULT_POLARITY = "hole_black"
 # Mixing modes: the release's mask_type 1 (block), 2 (half), 3 (external), 4 (1 or 3),
 # 5 (1, 2 or 3), plus the procedural generator for users without a mask set.
 MODES = ("procedural", "external", "external_or_block", "external_block_half", "block", "half")
@@ -56,6 +61,28 @@ def in_band(ratio: float, band: tuple[float, float]) -> bool:
     """Half-open [lo, hi), except that a band ending at 1 includes a mask with no known pixel."""
     lo, hi = band
     return lo <= ratio < hi or (hi >= 1.0 and ratio >= lo)
+
+
+def check_polarity(polarity: str, where: str = "mask polarity") -> str:
+    """``polarity`` if it is one of ``POLARITIES``; else a ``ConfigError`` that names the
+    right spelling (``hole-white``, this package's old spelling, is ``hole_white``)."""
+    if polarity in POLARITIES:
+        return polarity
+    choices = "hole_black (black = hole, white = known) or hole_white (white = hole)"
+    close = str(polarity).strip().lower().replace("-", "_").replace(" ", "_")
+    if close in POLARITIES:
+        raise errors.ConfigError(f"unknown {where} {polarity!r}: write {close} ({choices})")
+    raise errors.ConfigError(f"unknown {where} {polarity!r}: choose {choices}")
+
+
+def other_polarity(polarity: str) -> str:
+    """The polarity that reads the same file the other way round."""
+    return POLARITIES[1 - POLARITIES.index(check_polarity(polarity))]
+
+
+def known_where(white: np.ndarray, polarity: str) -> np.ndarray:
+    """Binarised mask file (True = white) -> bool, True = known pixel."""
+    return white if check_polarity(polarity) == "hole_black" else ~white
 
 
 # --- Procedural masks ----------------------------------------------------------------------------
@@ -198,7 +225,7 @@ def list_images(path: str | os.PathLike, extensions: Sequence[str], what: str) -
 
 
 def load_mask(
-    path: str | os.PathLike, size: int, polarity: str = "hole_black", threshold: int = 0
+    path: str | os.PathLike, size: int, polarity: str = DEFAULT_POLARITY, threshold: int = 0
 ) -> np.ndarray:
     """Reads a mask image as an (size, size) float32 mask, 1 = known, 0 = hole.
 
@@ -206,8 +233,7 @@ def load_mask(
     "white" when its value exceeds ``threshold`` (0 in the release, so the interpolated border
     counts as white). ``polarity`` says which colour the file uses for holes.
     """
-    if polarity not in POLARITIES:
-        raise errors.ConfigError(f"mask polarity must be one of {POLARITIES}, got {polarity!r}")
+    check_polarity(polarity)
     with Image.open(path) as img:
         if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             # 16-bit masks: compare against the threshold on the 8-bit scale.
@@ -219,8 +245,7 @@ def load_mask(
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         white = np.asarray(img) > threshold
-    known = white if polarity == "hole_black" else ~white
-    return known.astype(np.float32)
+    return known_where(white, polarity).astype(np.float32)
 
 
 class MaskSet:
@@ -234,14 +259,11 @@ class MaskSet:
     def __init__(
         self,
         path: str | os.PathLike,
-        polarity: str = "hole_black",
+        polarity: str = DEFAULT_POLARITY,
         threshold: int = 0,
         cache_mb: float = 256,
     ) -> None:
-        if polarity not in POLARITIES:
-            raise errors.ConfigError(
-                f"masks.polarity must be one of {POLARITIES}, got {polarity!r}"
-            )
+        check_polarity(polarity, "config.masks.polarity")
         self.path = str(path)
         self.files = list_images(path, MASK_EXTENSIONS, "mask")
         self.polarity = polarity
@@ -321,7 +343,7 @@ class EvalMasks(Sequence):
         band: tuple[float, float],
         seed: int,
         files: Sequence[str] = (),
-        polarity: str = "hole_black",
+        polarity: str = DEFAULT_POLARITY,
         threshold: int = 0,
     ) -> None:
         self.num, self.size, self.band, self.seed = num, size, tuple(band), seed
@@ -359,7 +381,7 @@ def eval_masks(
     num: int,
     seed: int,
     size: int,
-    polarity: str = "hole_black",
+    polarity: str = DEFAULT_POLARITY,
     threshold: int = 0,
 ) -> EvalMasks:
     """The evaluation masks of a hole-ratio band: same masks for the same seed on every machine.
@@ -392,17 +414,25 @@ def eval_masks(
 
 def _measure_one(args: tuple[str, int, str, int]) -> float:
     path, size, polarity, threshold = args
-    if size:
+    try:
+        if not size:
+            with Image.open(path) as img:
+                size = max(img.size)
         return hole_ratio(load_mask(path, size, polarity, threshold))
-    with Image.open(path) as img:
-        return hole_ratio(load_mask(path, max(img.size), polarity, threshold))
+    except errors.UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL's errors for a broken file have no common type
+        # (OSError, ValueError, SyntaxError from a broken EXIF block, struct.error, ...).
+        raise errors.UserError(
+            f"cannot read the mask {path} ({e}); replace it or move it out of the mask set"
+        ) from None
 
 
 def split(
     masks: str | os.PathLike,
     output: str | os.PathLike,
     size: int = 256,
-    polarity: str = "hole_black",
+    polarity: str = DEFAULT_POLARITY,
     threshold: int = 0,
     workers: int = 1,
 ) -> dict[str, int]:
@@ -412,6 +442,7 @@ def split(
     every file with its ratio. ``size`` is the resolution at which ratios are measured (the
     training image size; 0 = each file's own). Returns the count per band.
     """
+    check_polarity(polarity)
     files = list_images(masks, MASK_EXTENSIONS, "mask")
     jobs = [(f, size, polarity, threshold) for f in files]
     if workers > 1:
@@ -439,30 +470,43 @@ def split(
     return dict(sorted(counts.items()))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
+def polarity_flag(value: str) -> str:
+    """argparse ``type`` of a ``--*polarity`` flag: the one-line error names the spelling."""
+    try:
+        return check_polarity(value)
+    except errors.ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = errors.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("split", help="sort a mask set into hole-ratio bands")
     p.add_argument("--masks", required=True, help="folder or .flist of mask images")
     p.add_argument("--output", required=True, help="folder to write <band>/ subfolders into")
     p.add_argument("--size", type=int, default=256, help="measure at this size (0 = native)")
-    p.add_argument("--polarity", choices=POLARITIES, default="hole_black")
+    p.add_argument("--polarity", type=polarity_flag, default=DEFAULT_POLARITY,
+                   metavar="{" + ",".join(POLARITIES) + "}",
+                   help="which colour the files paint the hole (default: %(default)s; see "
+                   "the README's 'Mask polarity')")
     p.add_argument("--threshold", type=int, default=0, help="binarisation: white is > this")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         counts = split(
             args.masks, args.output, args.size, args.polarity, args.threshold, args.workers
         )
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    total = sum(counts.values())
-    print(
-        f"sorted {total} masks of {args.masks} into {args.output} (hole ratio at {args.size} px):"
-    )
-    for name, n in counts.items():
-        print(f"  {name} %: {n}")
+        total = sum(counts.values())
+        print(f"sorted {total} masks of {args.masks} into {args.output} (hole ratio at "
+              f"{args.size} px):")
+        for name, n in counts.items():
+            print(f"  {name} %: {n}")
+        return 0
+
+    return errors.run_cli(body, f"{args.output} holds the masks sorted so far; run the "
+                          "command again to redo it")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -25,7 +25,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from isnet_jax import fid, lpips, sharding
+from isnet_jax import errors, fid, lpips, sharding
 from isnet_jax.torch_weights import describe
 
 BASELINE = "mean_fill/"  # as evaluate.BASELINE (kept here to avoid a circular import)
@@ -41,7 +41,7 @@ ENABLE_LPIPS = (
 )
 
 
-def _config_error(field: str, error: Exception) -> Exception:
+def _config_error(field: str, error: errors.UserError) -> errors.UserError:
     """The same exception, its message prefixed with the config field that named the file."""
     return type(error)(f"config.eval.{field}: {error}")
 
@@ -49,7 +49,7 @@ def _config_error(field: str, error: Exception) -> Exception:
 def load_inception(path: str) -> fid.InceptionV3:
     try:
         return fid.InceptionV3.from_weights(os.path.expanduser(path))
-    except (FileNotFoundError, ValueError) as e:
+    except errors.UserError as e:
         raise _config_error("fid_weights", e) from None
 
 
@@ -57,27 +57,28 @@ def load_lpips(net: str, backbone: str, lin: str) -> lpips.LPIPS:
     if not (backbone and lin):
         given, missing = (("lpips_backbone_weights", "lpips_lin_weights") if backbone
                           else ("lpips_lin_weights", "lpips_backbone_weights"))
-        raise ValueError(f"config.eval.{given} is set but config.eval.{missing} is not: LPIPS "
-                         "needs both the backbone and lpips' linear layers")
+        raise errors.ConfigError(
+            f"config.eval.{given} is set but config.eval.{missing} is not: LPIPS needs both the "
+            "backbone and lpips' linear layers")
     backbone, lin = os.path.expanduser(backbone), os.path.expanduser(lin)
     if not net:  # the backbone file says which network it is
         from isnet_jax.torch_weights import read_state_dict
 
         try:
             found = describe(read_state_dict(backbone, "an LPIPS backbone"))
-        except (FileNotFoundError, ValueError) as e:
+        except errors.UserError as e:
             raise _config_error("lpips_backbone_weights", e) from None
         net = {"torchvision's AlexNet": "alex", "torchvision's VGG16": "vgg"}.get(
             (found or "").split(" (")[0], "")
         if not net:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.eval.lpips_backbone_weights: {backbone} is neither torchvision's AlexNet "
                 f"nor its VGG16 ({found or 'unrecognised keys'}); give one of them, or set "
                 "config.eval.lpips_net"
             )
     try:
         return lpips.LPIPS.from_weights(net, backbone, lin)
-    except (FileNotFoundError, ValueError) as e:
+    except errors.UserError as e:
         field = "lpips_lin_weights" if lin in str(e) else "lpips_backbone_weights"
         if "LPIPS net must be" in str(e):
             field = "lpips_net"
@@ -96,7 +97,7 @@ class PerceptualMetrics:
         fid_source: str = "",
     ):
         if fid_method not in fid.METHODS:
-            raise ValueError(
+            raise errors.ConfigError(
                 f"config.eval.fid_method must be one of {', '.join(fid.METHODS)}, got "
                 f"{fid_method!r}"
             )

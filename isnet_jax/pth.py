@@ -42,6 +42,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from isnet_jax import errors
+
 _log = logging.getLogger(__name__)
 
 # torch.save's pre-1.6 format opens with this number, pickled.
@@ -66,8 +68,9 @@ _STORAGE_NAMES = {dtype: name for name, dtype in _STORAGE_DTYPES.items()}
 _ALIGNMENT = 64
 
 
-class PthError(ValueError):
-    """A ``.pth`` file that cannot be (or must not be) loaded; the message names the file."""
+class PthError(errors.UserError, ValueError):
+    """A ``.pth`` (or converted ``.npz``) weights file that cannot be (or must not be) loaded:
+    corrupt, truncated, hostile, or another network's; the message names the file."""
 
 
 class _Unsupported(Exception):
@@ -313,10 +316,13 @@ def load_pth(path: str | os.PathLike) -> Any:
     """Loads a ``torch.save`` file as Python containers of numpy arrays.
 
     Returns what was saved with every tensor replaced by a numpy array of its dtype (dicts and
-    ordered dicts become plain dicts, insertion order kept). Raises ``FileNotFoundError`` for a
-    missing file and ``PthError`` for anything that is not a loadable weights file.
+    ordered dicts become plain dicts, insertion order kept). Raises ``errors.MissingFileError``
+    (a ``FileNotFoundError``) for a missing file and ``PthError`` for anything that is not a
+    loadable weights file.
     """
     path = pathlib.Path(path)
+    if not path.exists():
+        raise errors.MissingFileError(f"{path} does not exist; check the path of the weights file")
     if path.is_dir():
         raise PthError(f"{path} is a folder, not a .pth file; pass the file inside it")
     try:
@@ -350,14 +356,14 @@ def _read(path: pathlib.Path) -> Any:
             )
         raise PthError(
             f"{path} is not a PyTorch checkpoint: torch.save writes zip archives or, before "
-            "PyTorch 1.6, a sequence of pickles, and this is neither"
+            "PyTorch 1.6, a sequence of pickles, and this is neither; pass the .pth file itself"
         )
     try:
         return _read_zip(path) if is_zip else _read_legacy(path)
     except PthError as e:
         if str(path) in str(e):
             raise
-        raise PthError(f"{path} is corrupt: {e}") from None
+        raise PthError(f"{path} is corrupt: {e}; download or copy it again") from None
     except _Refused as e:
         raise PthError(f"refusing to load {path}: {e}; nothing was executed") from None
     except _Unsupported:
@@ -368,7 +374,8 @@ def _read(path: pathlib.Path) -> Any:
         ) from None
     except Exception as e:  # noqa: BLE001 - any other failure of a hostile or broken pickle
         raise PthError(
-            f"{path} is corrupt: unpickling it failed with {type(e).__name__}: {e}"
+            f"{path} is corrupt: unpickling it failed with {type(e).__name__}: {e}; download or "
+            "copy it again"
         ) from None
 
 
@@ -381,7 +388,7 @@ def _read_zip(path: pathlib.Path) -> Any:
             what = "a NumPy .npz archive" if npz else "a zip archive"
             raise PthError(
                 f"{path} is {what}, not a PyTorch checkpoint (torch.save puts exactly one "
-                f"<name>/data.pkl inside; found {len(pickles)})"
+                f"<name>/data.pkl inside; found {len(pickles)}); pass the .pth file itself"
             )
         prefix = pickles[0][: -len("/data.pkl")]
         big_endian = False
@@ -401,7 +408,8 @@ def _read_legacy(path: pathlib.Path) -> Any:
         return _Unpickler(stream, None).load()
 
     if header() != _LEGACY_MAGIC:
-        raise PthError(f"{path} does not start with torch.save's magic number")
+        raise PthError(f"{path} does not start with torch.save's magic number; download or "
+                       "copy it again")
     protocol = header()
     if protocol != _LEGACY_PROTOCOL:
         raise _Unsupported(f"it has legacy protocol version {protocol!r}, not {_LEGACY_PROTOCOL}")
@@ -425,7 +433,7 @@ def _read_legacy(path: pathlib.Path) -> Any:
         (numel,) = struct.unpack(order + "q", raw)
         if numel != storage.numel:
             raise PthError(f"{path} is corrupt: storage {key} holds {numel} elements, its "
-                           f"tensors were saved with {storage.numel}")
+                           f"tensors were saved with {storage.numel}; download or copy it again")
         nbytes = numel * storage.dtype.itemsize
         raw = stream.read(nbytes)
         if len(raw) < nbytes:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isnet_jax import errors
 from isnet_jax.pth import PthError, load_pth
 
 # (torch key -> (our variable, the shape torch stores it in, torch array -> ours))
@@ -69,7 +70,7 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]
     """The flat ``{name: array}`` state dict in a ``.pth`` file, or ``PthError`` naming it."""
     path = pathlib.Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
+        raise errors.MissingFileError(f"{what}: {path} does not exist; check the path")
     obj = load_pth(path)
     if (
         not isinstance(obj, dict)

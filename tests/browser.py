@@ -17,6 +17,7 @@ import io
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -80,7 +81,17 @@ class AppProcess:
     def output(self) -> str:
         return self.log.read_text()[-5000:]
 
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Ctrl-C, as a user stops the server; returns the exit status."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.stop()
+
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=20)

@@ -18,7 +18,7 @@ import pytest
 from browser import AppProcess, Page, chrome, missing_browser
 from PIL import Image
 
-from isnet_jax import inpaint
+from isnet_jax import errors, inpaint
 
 gradio_client = pytest.importorskip(
     "gradio_client", reason='the page needs gradio: pip install -e ".[app]" (or ".[test]")'
@@ -63,6 +63,12 @@ def app(tiny_checkpoint, tmp_path_factory):
     try:
         process.startup_s = process.wait_ready()
         yield process
+        # Stopped as a user stops it, with Ctrl-C: one line and status 130.
+        status = process.interrupt()
+        output = process.output()
+        assert status == errors.EXIT_INTERRUPTED, output
+        assert output.rstrip().splitlines()[-1] == "interrupted (Ctrl-C); the server stopped"
+        assert "Traceback" not in output
     finally:
         process.stop()
 
@@ -161,17 +167,23 @@ def test_api_reports_bad_input_and_keeps_serving(app, client, files):
     ]
     for photo_value, mask_value, expected in cases:
         with pytest.raises(gradio_client.exceptions.AppError) as caught:
-            client.predict(photo_value, mask_value, "hole-white", "auto", api_name="/inpaint")
+            client.predict(photo_value, mask_value, "hole_white", "auto", api_name="/inpaint")
         assert str(caught.value).startswith(expected), (expected, str(caught.value))
+    # The old spelling of the polarity: the message names the one to write.
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+        client.predict(photo, mask, "hole-white", "auto", api_name="/inpaint")
+    assert str(caught.value).startswith(
+        "unknown mask polarity 'hole-white': write hole_white (hole_black (black = hole"
+    ), str(caught.value)
     # The server logged one line per rejection, no traceback, and still serves.
-    assert app.output().count("rejected: ") >= len(cases)
+    assert app.output().count("rejected: ") >= len(cases) + 1
     assert "Traceback" not in app.output()
-    path, status = client.predict(photo, mask, "hole-black", "pad", api_name="/inpaint")
-    # 30x20 known pixels of 128x96 with hole-black: 95.1 % hole, beyond what the model saw.
+    path, status = client.predict(photo, mask, "hole_black", "pad", api_name="/inpaint")
+    # 30x20 known pixels of 128x96 with hole_black: 95.1 % hole, beyond what the model saw.
     assert status.startswith("Filled 95.1 % of the 128x96 photo in pad mode (at 128x96)"), status
     assert status.endswith(
         "more hole than the model was trained on (up to 60 %). If the mask marks what to keep, "
-        "choose hole-white."
+        "choose hole_white."
     ), status
     assert np.asarray(Image.open(path)).shape == (96, 128, 3)
     assert app.startup_s < 60, app.startup_s  # "starts in seconds": measured ~ 10 s here
@@ -186,7 +198,7 @@ def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_che
     def submit(photo: str, mask: str, mode: str) -> None:
         barrier.wait()  # both requests reach the queue together
         job = client.submit(_photo(files[photo]), gradio_client.handle_file(str(files[mask])),
-                            "hole-white", mode, api_name="/inpaint")
+                            "hole_white", mode, api_name="/inpaint")
         jobs.append(job)
         results[photo] = job.result(timeout=120)
 
@@ -198,7 +210,7 @@ def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_che
     assert len(results) == len(requests), results
     for photo, mask, mode in requests:
         image = np.asarray(Image.open(files[photo]))
-        known = inpaint.load_mask(files[mask], "hole-white")
+        known = inpaint.load_mask(files[mask], "hole_white")
         expected = inpainter.inpaint(image, known, mode=mode)
         served = np.asarray(Image.open(results[photo][0]))
         assert f"in {mode} mode" in results[photo][1]
@@ -214,3 +226,12 @@ def test_defaults_serve_this_machine_only():
     assert (args.host, args.port, args.max_megapixels) == ("127.0.0.1", 7860, 40.0)
     with pytest.raises(SystemExit):
         app_module.parse_args(["--checkpoint", "CKPT", "--share"])  # no such option
+
+
+def test_a_missing_checkpoint_is_one_line_and_status_2(tmp_path, capsys):
+    from isnet_jax import app as app_module
+
+    assert app_module.main(["--checkpoint", str(tmp_path / "nope")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: no Orbax checkpoint found at {tmp_path / 'nope'}"), lines

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax import checkpoint, convert, pth
+from isnet_jax import checkpoint, convert, errors, pth
 from isnet_jax.models import count_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -230,7 +230,7 @@ def test_reader_names_a_broken_legacy_file(tmp_path):
 
 
 def test_reader_missing_file_and_folder(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(errors.MissingFileError, match="absent.pth does not exist"):
         pth.load_pth(tmp_path / "absent.pth")
     with pytest.raises(pth.PthError, match="is a folder"):
         pth.load_pth(tmp_path)
@@ -319,7 +319,7 @@ def test_vgg19_round_trip(tmp_path, golden_dir):
 
 
 def test_vgg19_missing_file_says_how_to_make_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m isnet_jax.convert --vgg19"):
+    with pytest.raises(errors.MissingFileError, match="python -m isnet_jax.convert --vgg19"):
         convert.load_vgg19(tmp_path / "vgg19.npz")
 
 
@@ -356,7 +356,7 @@ def test_cli_end_to_end(tmp_path, golden_dir, gen_pth, dis_pth, gen_checkpoint):
 
     # A second run into the same folder is refused, and nothing changes.
     again = run_cli("--vgg19", golden_dir / "vgg19_features.pth", "--output", out)
-    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert again.returncode == errors.EXIT_USER_ERROR and "--overwrite" in again.stderr
     assert "Traceback" not in again.stderr
     # --overwrite replaces only what it writes: the generator checkpoint stays.
     before = (out / "vgg19.npz").stat().st_mtime_ns
@@ -396,11 +396,11 @@ def test_cli_rejects_bad_generator_files(tmp_path, gen_pth, dis_pth, case):
     make(bad, gen_pth, dis_pth)
     out = tmp_path / "out"
     result = run_cli("--generator", bad, "--output", out)
-    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.returncode == errors.EXIT_USER_ERROR, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert str(bad) in errors[0]
-    assert re.search(message, errors[0]), errors[0]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert str(bad) in lines[0]
+    assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
     assert not MARKER.exists()

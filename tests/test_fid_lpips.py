@@ -25,7 +25,7 @@ import pytest
 from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
 
-from isnet_jax import fid, lpips, pth
+from isnet_jax import errors, fid, lpips, pth
 
 
 @pytest.fixture(scope="session")
@@ -240,7 +240,7 @@ def test_inception_bad_files_name_the_file(tmp_path, weight_files):
     pth.save_pth(sd, imagenet)
     with pytest.raises(pth.PthError, match="missing Mixed_6b.branch1x1.bn.running_var"):
         fid.InceptionV3.from_weights(imagenet)
-    with pytest.raises(FileNotFoundError, match="convert --inception"):
+    with pytest.raises(errors.MissingFileError, match="convert --inception"):
         fid.InceptionV3.from_weights(tmp_path / "absent.pth")
     bad_npz = tmp_path / "other.npz"
     np.savez(bad_npz, format=np.array("something else"))
@@ -304,9 +304,9 @@ def test_lpips_bad_files_name_the_file(tmp_path, weight_files):
     pth.save_pth(sd, features_only)
     with pytest.raises(pth.PthError, match=r"missing 8.bias"):
         lpips.LPIPS.from_weights("alex", features_only, lin_alex)
-    with pytest.raises(ValueError, match="must be one of alex, vgg"):
+    with pytest.raises(errors.ConfigError, match="must be one of alex, vgg"):
         lpips.LPIPS.from_weights("squeeze", alexnet, lin_alex)
-    with pytest.raises(FileNotFoundError, match="absent.pth"):
+    with pytest.raises(errors.MissingFileError, match="absent.pth"):
         lpips.LPIPS.from_weights("alex", tmp_path / "absent.pth", lin_alex)
 
 
@@ -314,21 +314,33 @@ def test_lpips_bad_files_name_the_file(tmp_path, weight_files):
 # The converter and the eval config
 
 
-def test_convert_cli_inception(tmp_path, weight_files):
+def test_convert_cli_inception(tmp_path, weight_files, capsys):
     import subprocess
     import sys
 
     from conftest import REPO
 
+    from isnet_jax import convert as convert_module
+
     def convert(*args):
         return subprocess.run([sys.executable, "-m", "isnet_jax.convert", *args], cwd=REPO,
                               capture_output=True, text=True, timeout=600)
 
+    # Another network's file: one line, status 2, nothing written.
     out = convert("--inception", str(weight_files["alexnet"]), "--output", str(tmp_path / "x"))
-    assert out.returncode == 1
+    assert out.returncode == errors.EXIT_USER_ERROR
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: {weight_files['alexnet']} is not")
-    assert "looks like torchvision's AlexNet" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: {weight_files['alexnet']} is not pytorch-fid's FID Inception "
+        "(pt_inception-2015-12-05-6726825d.pth): it looks like torchvision's AlexNet"), lines
+    assert not (tmp_path / "x").exists()
+    # A truncated copy of the right one (in this process: the same main, no new interpreter).
+    truncated = tmp_path / "pt_inception-truncated.pth"
+    truncated.write_bytes(weight_files["inception"].read_bytes()[:5_000_000])
+    status = convert_module.main(["--inception", str(truncated), "--output", str(tmp_path / "x")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == errors.EXIT_USER_ERROR and len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {truncated} is a truncated or corrupt zip archive")
     assert not (tmp_path / "x").exists()
 
     out = convert("--inception", str(weight_files["inception"]), "--output", str(tmp_path / "y"))
@@ -370,14 +382,34 @@ def test_eval_config_loads_and_checks_the_weight_files(weight_files):
         perceptual.PerceptualMetrics.from_config(_eval_config(
             lpips_backbone_weights=str(weight_files["alexnet"]),
             lpips_lin_weights=str(weight_files["lin_vgg"])), mesh)
-    with pytest.raises(ValueError, match="lpips_lin_weights is not"):
+    with pytest.raises(errors.ConfigError, match="lpips_lin_weights is not"):
         perceptual.PerceptualMetrics.from_config(_eval_config(
             lpips_backbone_weights=str(weight_files["alexnet"])), mesh)
     with pytest.raises(pth.PthError, match=r"^config.eval.fid_weights: .*alexnet-owt-random"):
         perceptual.PerceptualMetrics.from_config(_eval_config(
             fid_weights=str(weight_files["alexnet"])), mesh)
-    with pytest.raises(ValueError, match="fid_method must be one of sqrtm, eigh"):
+    with pytest.raises(errors.ConfigError, match="fid_method must be one of sqrtm, eigh"):
         perceptual.PerceptualMetrics.from_config(_eval_config(fid_method="svd"), mesh)
+    # What --mode=eval turns into one "error:" line (main catches errors.UserError): a missing
+    # file (once a bare FileNotFoundError, a traceback) names the config field too.
+    truncated = weight_files["lin_alex"].with_name("lin-truncated.pth")
+    truncated.write_bytes(weight_files["lin_alex"].read_bytes()[:1000])
+    for fields, error, says in [
+        ({"fid_weights": "/nowhere/pt_inception.pth"}, errors.MissingFileError,
+         "config.eval.fid_weights: FID Inception weights not found at /nowhere/pt_inception.pth"),
+        ({"lpips_backbone_weights": str(weight_files["alexnet"]),
+          "lpips_lin_weights": "/nowhere/alex.pth"}, errors.MissingFileError,
+         "config.eval.lpips_lin_weights: "),
+        ({"lpips_backbone_weights": str(weight_files["alexnet"]),
+          "lpips_lin_weights": str(truncated)}, pth.PthError,
+         f"config.eval.lpips_lin_weights: {truncated} is a truncated or corrupt zip archive"),
+    ]:
+        with pytest.raises(error) as caught:
+            perceptual.PerceptualMetrics.from_config(_eval_config(**fields), mesh)
+        assert isinstance(caught.value, errors.UserError) and str(caught.value).startswith(says)
+    # FID of fewer than two images: a config mistake, said at the end of an evaluation.
+    with pytest.raises(errors.ConfigError, match="config.eval.num_images_final"):
+        fid.FeatureStats(4).cov()
 
 
 def test_speed_benchmark_runs_in_a_tiny_mode():

@@ -2,29 +2,34 @@
 
 The fast tests run ``inpaint.main`` in this process on a tiny Generator(blocks=1) checkpoint and
 32x32 images, with one batch size, so one compiled forward serves them all. Only the parity test
-starts the CLIs as subprocesses (convert, then inpaint) on the golden release checkpoint.
+(convert, then inpaint, on the golden release checkpoint) and the Ctrl-C test start the CLIs as
+subprocesses.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import shutil
+import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import start_until
 from PIL import Image
 
-from isnet_jax import inpaint
+from isnet_jax import checkpoint, errors, inpaint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = ["--batch-size", "2"]  # every fast run uses it: one compile, shape (2, 32, 32, 3)
 
 
 def _save_mask(path: pathlib.Path, known: np.ndarray) -> None:
-    """Writes a mask with the CLI's default polarity: white = hole."""
-    Image.fromarray(np.where(known, 0, 255).astype(np.uint8)).save(path)
+    """Writes a mask with the default polarity, hole_black: black = hole, white = known."""
+    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(path)
 
 
 def _box_mask(h: int, w: int) -> np.ndarray:
@@ -117,16 +122,16 @@ def test_folder_run_reports_each_problem_and_processes_the_rest(tiny_checkpoint,
 def test_api_matches_cli_and_single_mask_file(tiny_checkpoint, folders, capsys, tmp_path):
     images, masks, _ = folders
     out = tmp_path / "single"
-    # One mask file for a folder of images; hole-black polarity on an inverted copy.
+    # One mask file for a folder of images; hole_white polarity on an inverted copy.
     known = _box_mask(32, 32)
-    Image.fromarray(np.where(known, 255, 0).astype(np.uint8)).save(tmp_path / "black.png")
+    Image.fromarray(np.where(known, 0, 255).astype(np.uint8)).save(tmp_path / "white.png")
     pair = tmp_path / "pair"
     pair.mkdir()
     for name in ("plain", "rgba"):
         (pair / f"{name}.png").write_bytes((images / f"{name}.png").read_bytes())
     rc = inpaint.main([
         "--checkpoint", str(tiny_checkpoint), "--input", str(pair),
-        "--mask", str(tmp_path / "black.png"), "--mask-polarity", "hole-black",
+        "--mask", str(tmp_path / "white.png"), "--mask-polarity", "hole_white",
         "--output", str(out), *BATCH,
     ])
     assert rc == 0, capsys.readouterr()
@@ -333,3 +338,148 @@ def test_crop_windows_are_disjoint_and_cover_every_hole():
             covered[top:bottom, left:right] += 1
         assert covered.max() == 1, trial  # pairwise disjoint
         assert (covered[~known] == 1).all(), trial  # every hole pixel in one window
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: a bad image, a damaged checkpoint, Ctrl-C, mistakes in the command
+# --------------------------------------------------------------------------------------------
+
+
+def _status(argv: list[str]) -> int:
+    """``inpaint.main``'s exit status, whether it returns it or argparse exits with it."""
+    try:
+        return inpaint.main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_bad_images_and_masks_are_one_line_each_and_the_run_goes_on(
+    tiny_checkpoint, tmp_path, capsys
+):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    pixels = np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(images / "good.png")
+    raw = (images / "good.png").read_bytes()
+    (images / "empty.png").write_bytes(b"")
+    (images / "text.png").write_text("not an image")
+    (images / "truncated.png").write_bytes(raw[: len(raw) // 2])
+    # Whole pixels, but an EXIF block that is not TIFF data: PIL raises SyntaxError, which
+    # used to end the run in a traceback.
+    for name in ("exif_png.png", "exif_webp.webp"):
+        Image.fromarray(pixels).save(images / name, exif=b"Exif\x00\x00NOT A TIFF HEADER")
+    mask = tmp_path / "mask.png"
+    _save_mask(mask, _box_mask(32, 32))
+    common = ["--checkpoint", str(tiny_checkpoint), "--output", str(out), *BATCH]
+
+    assert _status([*common, "--input", str(images), "--mask", str(mask)]) == 1
+    captured = capsys.readouterr()
+    lines = _lines(captured.err, "error:")
+    bad = ["empty.png", "exif_png.png", "exif_webp.webp", "text.png", "truncated.png"]
+    assert sorted(line.split(": ")[1].rsplit("/", 1)[1] for line in lines) == bad, lines
+    assert all(": cannot read image " in line for line in lines), lines
+    assert [p.name for p in out.iterdir()] == ["good.png"]
+    assert "done: 1 written" in captured.out
+
+    # A bad mask, and a bad image given alone: one line each as well.
+    bad_mask = tmp_path / "bad_mask.png"
+    Image.fromarray(np.full((32, 32), 255, np.uint8)).save(bad_mask, exif=b"Exif\x00\x00NO")
+    single = images / "exif_webp.webp"
+    for given, says in [([str(images / "good.png"), str(bad_mask)], "cannot read mask"),
+                        ([str(single), str(mask)], "cannot read image")]:
+        assert _status([*common, "--overwrite", "--input", given[0], "--mask", given[1]]) == 1
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_a_damaged_newest_step_is_skipped_and_asking_for_it_is_one_line(
+    tiny_checkpoint, tmp_path, capsys, caplog
+):
+    """Step 1 (written by Orbax, as a run's steps are) loses its largest data file: the latest
+    falls back to step 0 with a warning naming step 1; ``--step 1`` is one error line that
+    names the steps there are."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)  # step 0
+    generator, _ = checkpoint.restore_generator(ckpt)
+    checkpoint.write_models(ckpt, 1, checkpoint.generator_meta("isnet", 1, "test"), generator)
+    data = sorted((ckpt / "1" / "generator").rglob("d/*"), key=lambda p: p.stat().st_size)
+    data[-1].unlink()
+    image, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    _save_mask(mask, _box_mask(32, 32))
+    common = ["--checkpoint", str(ckpt), "--input", str(image), "--mask", str(mask), *BATCH]
+
+    with caplog.at_level(logging.WARNING):
+        assert _status([*common, "--output", str(tmp_path / "latest")]) == 0
+    captured = capsys.readouterr()
+    warned = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith(f"the checkpoint of step 1 in {ckpt}")
+    assert "step 0) from" in captured.out and (tmp_path / "latest" / "photo.png").exists()
+
+    assert _status([*common, "--step", "1", "--output", str(tmp_path / "one")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: the checkpoint of step 1 in {ckpt} is damaged")
+    assert lines[0].endswith("steps [0] are there too")
+    assert not (tmp_path / "one").exists()  # a failed start leaves no output folder
+
+
+@pytest.mark.parametrize("marker", ["ignoring 1 file", "batch 1/"], ids=["loading", "batches"])
+def test_ctrl_c_is_one_line_and_status_130_and_the_same_command_finishes(
+    tiny_checkpoint, tmp_path, marker, capsys
+):
+    """SIGINT while the model loads (the "ignoring" line is printed just before) or once the
+    first batch is done; then the same command, run again, does the rest."""
+    images, out, mask = tmp_path / "images", tmp_path / "out", tmp_path / "mask.png"
+    images.mkdir()
+    rng = np.random.default_rng(8)
+    count = 40  # 20 batches: far more work than the moment the signal takes to arrive
+    for i in range(count):
+        pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(images / f"{i:02d}.png")
+    (images / "notes.txt").write_text("not an image")
+    _save_mask(mask, _box_mask(32, 32))
+    args = ["--checkpoint", str(tiny_checkpoint), "--input", str(images), "--mask", str(mask),
+            "--output", str(out), *BATCH]
+
+    proc, log = start_until([sys.executable, "-m", "isnet_jax.inpaint", *args], marker,
+                            signal.SIGINT, timeout=300)
+    assert proc.returncode == errors.EXIT_INTERRUPTED, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert log.rstrip().splitlines()[-1] == (
+        f"interrupted (Ctrl-C); no result in {out} is left half written; the same command "
+        "does the rest")
+    if marker.startswith("ignoring"):
+        assert "generator isnet" not in log and not out.exists()
+        return
+    done = sorted(out.iterdir())
+    assert 0 < len(done) < count, log[-3000:]
+    for path in done:
+        assert np.asarray(Image.open(path)).shape == (32, 32, 3)  # whole files only
+    assert inpaint.main(args) == 0
+    assert f"done: {count - len(done)} written to {out}, {len(done)} already existed" in (
+        capsys.readouterr().out)
+
+
+def test_mistakes_in_the_command_are_one_line_and_status_2(tiny_checkpoint, tmp_path, capsys):
+    image, mask = tmp_path / "photo.png", tmp_path / "mask.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
+    _save_mask(mask, _box_mask(32, 32))
+    given = {"--checkpoint": str(tiny_checkpoint), "--input": str(image), "--mask": str(mask),
+             "--output": str(tmp_path / "out")}
+    for change, says in [
+        # The old spelling of the polarity (and its old default) is refused, naming the new.
+        ({"--mask-polarity": "hole-white"}, "argument --mask-polarity: unknown mask polarity "
+         "'hole-white': write hole_white (hole_black (black = hole, white = known) or "
+         "hole_white (white = hole)); see python -m isnet_jax.inpaint --help"),
+        ({"--input": str(tmp_path / "nope.png")}, f"--input {tmp_path / 'nope.png'} does not "
+         "exist; give an image file or a folder of images"),
+        ({"--checkpoint": str(tmp_path / "nope")}, f"no Orbax checkpoint found at "
+         f"{tmp_path / 'nope'}"),
+        ({"--batch-size": "0"}, "--batch-size must be at least 1, got 0"),
+    ]:
+        argv = [x for k, v in {**given, **change}.items() for x in (k, v)]
+        assert _status(argv) == errors.EXIT_USER_ERROR, change
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
+    assert not (tmp_path / "out").exists()

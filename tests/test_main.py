@@ -52,7 +52,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     truncated.write_bytes(weights["inception"].read_bytes()[:5_000_000])
     out = _run(f"--workdir={workdir}", "--mode=eval", *_TINY,
                f"--config.eval.fid_weights={truncated}")
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr[-3000:]
     assert f"error: config.eval.fid_weights: {truncated} is a truncated" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (workdir / "eval").exists()
@@ -118,7 +118,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
     out = _run(f"--workdir={tmp_path}", "--mode=eval", *_TINY)
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr[-3000:]
     assert "no Orbax checkpoint found" in out.stderr
     assert "Traceback" not in out.stderr
 
@@ -128,7 +128,7 @@ def test_missing_vgg_weights_stop_with_instructions(tmp_path):
         f"--workdir={tmp_path}", *_TINY, "--config.loss.perceptual_weight=0.1",
         "--config.loss.style_weight=250",
     )
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr[-3000:]
     assert "python -m isnet_jax.convert --vgg19" in out.stderr
     assert "Traceback" not in out.stderr
 

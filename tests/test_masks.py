@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet_jax import masks
+from isnet_jax import errors, masks
 
 BANDS = [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6)]
 
@@ -228,4 +229,56 @@ def test_split_cli(tmp_path):
         text=True,
         cwd=pathlib.Path(__file__).resolve().parents[1],
     )
-    assert missing.returncode != 0 and str(tmp_path / "x") in missing.stderr
+    assert missing.returncode == errors.EXIT_USER_ERROR
+    assert missing.stderr.strip().splitlines() == [
+        f"error: mask path {tmp_path / 'x'} does not exist: check the path in the config"]
+
+
+def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys):
+    _save(tmp_path / "in" / "good.png", _box_mask(20, 0.15))
+    broken = tmp_path / "in" / "broken.png"
+    raw = (tmp_path / "in" / "good.png").read_bytes()
+    broken.write_bytes(raw[: len(raw) // 2])
+    args = ["split", "--masks", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
+            "--workers", "1"]
+    assert masks.main(args) == errors.EXIT_USER_ERROR
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read the mask {broken} ("), lines
+    assert lines[0].endswith("; replace it or move it out of the mask set")
+    with pytest.raises(SystemExit) as caught:
+        masks.main([*args, "--polarity", "hole-white"])
+    assert caught.value.code == errors.EXIT_USER_ERROR
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: argument --polarity: unknown mask polarity 'hole-white': write hole_white "
+        "(hole_black (black = hole, white = known) or hole_white (white = hole)); see "
+        "python -m isnet_jax.masks split --help"]
+
+
+def test_one_polarity_vocabulary_and_default_for_training_inference_and_the_page(tmp_path):
+    """A mask file means the same in training, evaluation, inpainting and the page: one
+    spelling, one default (hole_black), and the old spelling is refused naming the new one."""
+    from configs import default
+    from isnet_jax import app, inpaint
+
+    assert masks.POLARITIES == ("hole_black", "hole_white")
+    assert masks.DEFAULT_POLARITY == "hole_black" == default.get_config().masks.polarity
+    assert inpaint.parse_args(["--checkpoint", "C", "--input", "I", "--mask", "M",
+                               "--output", "O"]).mask_polarity == masks.DEFAULT_POLARITY
+    page = inspect.signature(app.App.inpaint).parameters["polarity"].default
+    assert page == masks.DEFAULT_POLARITY
+    known = _box_mask(32, 0.25)
+    path = _save(tmp_path / "m.png", known)  # black = hole
+    # Read at its own size with the same > 127 cut, training's reader and inpainting's agree.
+    for polarity in (None, *masks.POLARITIES):
+        given = () if polarity is None else (polarity,)
+        training = masks.load_mask(path, 32, *given, threshold=127).astype(bool)
+        inference = inpaint.load_mask(path, *given)
+        np.testing.assert_array_equal(training, inference)
+        np.testing.assert_array_equal(training, known if polarity != "hole_white" else ~known)
+    for call in (lambda p: masks.MaskSet(tmp_path, p), lambda p: masks.load_mask(path, 32, p),
+                 lambda p: inpaint.load_mask(path, p), lambda p: masks.other_polarity(p)):
+        with pytest.raises(errors.ConfigError, match="'hole-white': write hole_white"):
+            call("hole-white")
+    with pytest.raises(errors.ConfigError, match="^unknown config.masks.polarity 'black': "
+                       "choose hole_black"):
+        masks.MaskSet(tmp_path, "black")
