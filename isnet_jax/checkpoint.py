@@ -127,6 +127,10 @@ def _restore(mngr: ocp.CheckpointManager, step: int, /, **args) -> Any:
         raise _damaged(mngr, step, args, e) from None
 
 
+def _loop_closed(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
 def _quiet_abandoned_reads() -> None:
     """When a restore fails, Orbax abandons its other array reads: as they are finalised (at
     exit at the latest) Python prints each one's exception with TensorStore's whole spec, and
@@ -138,11 +142,12 @@ def _quiet_abandoned_reads() -> None:
     previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
     def unraisable(info) -> None:
-        if not str(info.exc_value).startswith("Encountered error while reading"):
+        if not (str(info.exc_value).startswith("Encountered error while reading")
+                or _loop_closed(type(info.exc_value), info.exc_value)):
             previous_unraisable(info)
 
     def excepthook(kind, value, traceback) -> None:
-        if not (kind is RuntimeError and str(value) == "Event loop is closed"):
+        if not _loop_closed(kind, value):
             previous_except(kind, value, traceback)
 
     unraisable.isnet_jax_quiet_reads = True
