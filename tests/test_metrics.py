@@ -43,11 +43,12 @@ def test_golden_psnr_ssim_l1(golden):
     side_by_side = np.concatenate(list(images), axis=1)[None]
     composite_side = np.concatenate(list(composite), axis=1)[None]
     psnr = float(metrics.psnr(side_by_side, composite_side)[0])
-    assert psnr == pytest.approx(numbers["psnr_255_on_int"], abs=1e-2)
+    # Measured 2026-12: 1.9e-6 dB, 1.4e-6 and 3.4e-7 (of a percent); asserted at 1e-5.
+    assert psnr == pytest.approx(numbers["psnr_255_on_int"], abs=1e-5)
     ssim = float(np.mean(metrics.ssim(images, composite, variant="release")))
-    assert ssim == pytest.approx(numbers["ssim_win11_gauss1.5_zero_pad"], abs=1e-3)
+    assert ssim == pytest.approx(numbers["ssim_win11_gauss1.5_zero_pad"], abs=1e-5)
     l1 = float(np.mean(metrics.l1_percent(images, composite)))
-    assert l1 == pytest.approx(100 * numbers["l1_mean_abs"], abs=1e-3)
+    assert l1 == pytest.approx(100 * numbers["l1_mean_abs"], abs=1e-5)
 
 
 def test_psnr_truncates_like_the_release():
