@@ -1,31 +1,25 @@
-"""Training-step and generator speed: seconds, images/s, compile time, FLOPs, FLOP/s, memory.
+"""Training-step and generator speed: seconds, images/s, compile time, FLOPs, memory.
 
     python -m isnet_jax.benchmarks.train_step --config=configs/places2.py \\
-        --batch_size=1 --resolution=256
+        --batch_size=1 --resolution=256 [--parts]
 
 Builds the real ``train.Trainer`` for the config (G + D + VGG19 losses, Adam, the jitted and
-donating ``train_step``), compiles the step ahead of time, then times it after compilation:
-``--repeats`` rounds of ``--steps`` steps each, dispatched back to back with no host
-synchronisation inside a round (the metrics are fetched after it, as the training loop fetches
-them every ``log_every_steps``). The generator's inference forward (eval mode, what
-``isnet_jax.inpaint`` runs) is timed the same way. Times are medians over the rounds.
+donating ``train_step``), compiles the step and the generator's inference forward (what
+``isnet_jax.inpaint`` runs) ahead of time, then times ``--repeats`` rounds of ``--steps`` calls
+each, dispatched back to back with no host synchronisation inside a round, as the training loop
+runs. Times are medians over the rounds.
 
-The perceptual and style losses need VGG19 weights, which do not change the speed: by default
-(``--vgg=random``) a randomly initialised VGG19 is written with ``isnet_jax.convert.save_vgg19``
-to a temporary folder and loaded through ``config.loss.vgg_weights`` like real weights.
-``--vgg=config`` uses the config's weights; ``--vgg=off`` drops both losses (and VGG19).
+VGG19's weights do not change the speed: by default (``--vgg=random``) a randomly initialised
+VGG19 is written with ``isnet_jax.convert.save_vgg19`` and loaded through
+``config.loss.vgg_weights`` like real weights; ``--vgg=config`` uses the config's weights,
+``--vgg=off`` drops the perceptual and style losses.
 
-FLOPs come from XLA's cost analysis of the compiled programs; achieved FLOP/s divides them by
-the measured time; utilisation divides that by the device's peak: a table of dense peaks for
-known TPUs and GPUs, on the CPU the best measured float32 matrix product (``peak_source`` says
-which; ``--peak_flops`` overrides). Peak memory is the device's ``peak_bytes_in_use`` where the
-backend keeps memory statistics (GPU, TPU), else the process's peak resident set size (CPU).
-
-``--parts`` also times and counts the pieces of the step (G forward and forward + backward,
-D, VGG19), each compiled on its own, with the convolution FLOPs of each network counted from
-its shapes. ``--compiler_option=NAME=VALUE`` (repeatable) compiles with an XLA option, e.g.
-``xla_cpu_experimental_ynn_fusion_type=...``; ``XLA_FLAGS`` in the environment works as usual.
-Both are recorded in the JSON (see BENCHMARKS.md for the options measured).
+Everything reported is measured in this run; nothing comes from a table. FLOPs are XLA's cost
+analysis of the compiled programs. Utilisation is the step's FLOP/s over the best square matrix
+product this device ran in this run, in the same compute dtype. Peak memory is the device's
+``peak_bytes_in_use`` where the backend keeps it (GPU, TPU), else the process's peak RSS (CPU).
+``--parts`` also compiles, counts and times G, D and VGG19 alone. ``--compiler_option=NAME=VALUE``
+(repeatable) compiles with an XLA option; ``XLA_FLAGS`` works as usual.
 
 Progress goes to stdout in words; the last line is one JSON object with (at least) the keys
 ``device``, ``batch_size``, ``resolution``, ``train_step_s``, ``images_per_s``,
@@ -34,7 +28,6 @@ Progress goes to stdout in words; the last line is one JSON object with (at leas
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
@@ -48,28 +41,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
 _PLACES2 = pathlib.Path(__file__).resolve().parents[2] / "configs" / "places2.py"
-
-# Dense peak FLOP/s per chip from the vendors' data sheets: (bfloat16, float32 as XLA runs it
-# by default: TF32 tensor cores on NVIDIA, bfloat16 passes on TPU). Matched by substring of
-# ``device_kind``, first match wins.
-KNOWN_PEAKS = (
-    ("TPU v6", (918e12, 918e12 / 3)),
-    ("TPU v5p", (459e12, 459e12 / 3)),
-    ("TPU v5 lite", (197e12, 197e12 / 3)),
-    ("TPU v5", (459e12, 459e12 / 3)),
-    ("TPU v4", (275e12, 275e12 / 3)),
-    ("H200", (989e12, 494e12)),
-    ("H100", (989e12, 494e12)),
-    ("A100", (312e12, 156e12)),
-    ("L4", (121e12, 60e12)),
-)
 
 REQUIRED_KEYS = (
     "device", "batch_size", "resolution", "train_step_s", "images_per_s",
@@ -82,91 +59,43 @@ def _log(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Device facts
+# Measuring
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def describe_device() -> dict[str, Any]:
     dev = jax.devices()[0]
-    info = {"device": dev.device_kind, "platform": dev.platform, "num_devices": jax.device_count()}
+    name = dev.device_kind
     if dev.platform == "cpu":
-        info["device"] = f"cpu: {cpu_model()}, {os.cpu_count()} cores"
-    return info
+        cpuinfo = pathlib.Path("/proc/cpuinfo")
+        lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+        model = next((line.split(":", 1)[1].strip() for line in lines
+                      if line.startswith("model name")), platform.processor() or platform.machine())
+        name = f"cpu: {model}, {os.cpu_count()} cores"
+    return {"device": name, "platform": dev.platform, "num_devices": jax.device_count()}
 
 
 def peak_memory() -> tuple[int, str]:
     """(bytes, source): the devices' peak allocation where known, else the peak RSS."""
-    peaks = []
-    for dev in jax.local_devices():
-        stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(int(stats["peak_bytes_in_use"]))
+    peaks = [int(stats["peak_bytes_in_use"]) for dev in jax.local_devices()
+             if (stats := dev.memory_stats()) and "peak_bytes_in_use" in stats]
     if peaks:
         return max(peaks), "device peak_bytes_in_use (largest over local devices)"
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return int(rss) * (1 if sys.platform == "darwin" else 1024), "process peak RSS"
 
 
-def measure_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 5) -> float:
-    """Best FLOP/s of square float32 matrix products under XLA: the CPU's attainable peak."""
-    best = 0.0
-    for n in sizes:
-        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
-        f = jax.jit(lambda x: x @ x).lower(a).compile()
-        f(a).block_until_ready()
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            f(a).block_until_ready()
-            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
+def xla_flops(compiled: jax.stages.Compiled) -> float:
+    """FLOPs of one call of a compiled program, by XLA's own cost analysis."""
+    cost = compiled.cost_analysis() or {}
+    if "flops" not in cost:
+        _log(f"XLA gives no FLOP count on {jax.devices()[0].platform}: FLOPs are reported as NaN.")
+        return float("nan")
+    return float(cost["flops"])
 
 
-def device_peak(dtype: jnp.dtype, override: float | None) -> tuple[float | None, str]:
-    if override is not None:
-        return (override or None), "--peak_flops"
-    dev = jax.devices()[0]
-    for key, (bf16, f32) in KNOWN_PEAKS:
-        if key in dev.device_kind:
-            peak = bf16 if dtype != jnp.float32 else f32
-            return peak * jax.device_count(), f"data sheet ({key}) x {jax.device_count()}"
-    if dev.platform == "cpu":
-        return measure_matmul_peak(), "measured: best float32 matmul (1024, 2048) under XLA"
-    return None, "unknown device"
-
-
-# ---------------------------------------------------------------------------------------------
-# Compiling, counting, timing
-# ---------------------------------------------------------------------------------------------
-
-
-def parse_compiler_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["name=value", ...]`` -> XLA compiler options (``true``/``false`` become bools)."""
-    options: dict[str, Any] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ValueError(f"--compiler_option must be NAME=VALUE, got {item!r}")
-        lowered = value.lower()
-        options[name] = lowered == "true" if lowered in ("true", "false") else value
-    return options
-
-
-def cost_flops(compiled) -> float:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, Sequence):  # older jax: one dict per program
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", float("nan")))
-
-
-def compile_timed(jitted, *args, compiler_options: dict | None = None) -> tuple[Any, float]:
+def compile_timed(jitted, *args, compiler_options: dict | None = None):
+    """``(compiled, seconds)``: ``jitted`` lowered and compiled for ``args``."""
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile(compiler_options=compiler_options or None)
     return compiled, time.perf_counter() - t0
@@ -185,33 +114,33 @@ def time_calls(fn: Callable[[], Any], rounds: int, per_round: int) -> list[float
     return times
 
 
-def conv_flops(fn: Callable, *args) -> int:
-    """2 x multiply-adds of every convolution and matrix product in ``fn``'s jaxpr.
+def measure_matmul_peak(dtype: jnp.dtype, max_size: int = 16384) -> tuple[float, int]:
+    """``(FLOP/s, n)``: the best n x n matrix product of this device in this run.
 
-    Counted from shapes, independently of XLA (which skips the taps that fall on padding, so
-    its count is a little lower at small sizes).
+    The size doubles from 1024 until one product takes 20 ms (so that dispatch does not count),
+    which finds the size that saturates a CPU as well as an accelerator without a table.
     """
+    best, n = 0.0, 1024
+    while True:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+        f = jax.jit(lambda x: x @ x).lower(a).compile()
+        seconds = min(time_calls(lambda f=f, a=a: f(a), rounds=3, per_round=2))
+        best = max(best, 2 * n**3 / seconds)
+        if seconds >= 0.02 or n >= max_size:
+            return best, n
+        n *= 2
 
-    def walk(jaxpr) -> int:
-        total = 0
-        for eqn in jaxpr.eqns:
-            name = eqn.primitive.name
-            if name == "conv_general_dilated":
-                rhs = eqn.invars[1].aval
-                dn = eqn.params["dimension_numbers"]
-                taps = int(np.prod([rhs.shape[d] for d in dn.rhs_spec[2:]]))
-                in_per_group = rhs.shape[dn.rhs_spec[1]]
-                total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * taps * in_per_group
-            elif name == "dot_general":
-                lhs = eqn.invars[0].aval
-                (contracting, _), _ = eqn.params["dimension_numbers"]
-                k = int(np.prod([lhs.shape[d] for d in contracting]))
-                total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * k
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                total += walk(sub)
-        return total
 
-    return walk(jax.make_jaxpr(fn)(*args).jaxpr)
+def parse_compiler_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["name=value", ...]`` -> XLA compiler options (``true``/``false`` become bools)."""
+    options: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--compiler_option must be NAME=VALUE, got {item!r}")
+        lowered = value.lower()
+        options[name] = lowered == "true" if lowered in ("true", "false") else value
+    return options
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,14 +188,6 @@ def prepare_config(
     raise ValueError(f"vgg must be 'random', 'config' or 'off', got {vgg!r}")
 
 
-def synthetic_batch(config, batch_sharding, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    size, batch = config.image_size, config.batch_size
-    image = rng.random((batch, size, size, 3), np.float32)
-    mask = (rng.random((batch, size, size, 1)) > 0.3).astype(np.float32)
-    return jax.device_put(image, batch_sharding), jax.device_put(mask, batch_sharding)
-
-
 class StepBenchmark:
     """The compiled training step and generator forward of one config, ready to be timed.
 
@@ -287,15 +208,10 @@ class StepBenchmark:
         self.compiler_options = dict(compiler_options or {})
         self.info: dict[str, Any] = describe_device()
         self.info.update(
-            batch_size=config.batch_size,
-            resolution=config.image_size,
-            blocks=config.model.blocks,
-            generator=config.model.generator,
-            compute_dtype=config.compute_dtype,
-            remat=bool(config.remat),
-            vgg=vgg_source,
-            compiler_options=self.compiler_options,
-            xla_flags=os.environ.get("XLA_FLAGS", ""),
+            batch_size=config.batch_size, resolution=config.image_size,
+            blocks=config.model.blocks, generator=config.model.generator,
+            compute_dtype=config.compute_dtype, remat=bool(config.remat), vgg=vgg_source,
+            compiler_options=self.compiler_options, xla_flags=os.environ.get("XLA_FLAGS", ""),
             jax=jax.__version__,
         )
         _log(
@@ -309,22 +225,26 @@ class StepBenchmark:
         sharding.check_batch_size(config.batch_size, mesh)
         self.trainer = train.Trainer(config, mesh)
         self.state = jax.block_until_ready(self.trainer.init_state())
-        self.image, self.mask = synthetic_batch(config, self.trainer.batch_sharding)
+        rng = np.random.default_rng(0)
+        shape = (config.batch_size, config.image_size, config.image_size)
+        self.image = jax.device_put(rng.random((*shape, 3), np.float32),
+                                    self.trainer.batch_sharding)
+        self.mask = jax.device_put((rng.random((*shape, 1)) > 0.3).astype(np.float32),
+                                   self.trainer.batch_sharding)
+        self.vgg_state = self.trainer.vgg_state
         self.info["setup_s"] = time.perf_counter() - t0
         _log(f"Networks built in {self.info['setup_s']:.1f} s; compiling the training step...")
 
-        self.vgg_state = self.trainer.vgg_state
-        opts = self.compiler_options
         self.step, self.info["compile_s"] = compile_timed(
             self.trainer.train_step, self.state, self.vgg_state, self.image, self.mask,
-            compiler_options=opts,
+            compiler_options=self.compiler_options,
         )
         self.predict, self.info["generator_compile_s"] = compile_timed(
             self.trainer.predict, self.state["g_params"], self.state["g_spectral"], self.image,
-            self.mask, compiler_options=opts,
+            self.mask, compiler_options=self.compiler_options,
         )
-        self.info["flops_per_step"] = cost_flops(self.step)
-        self.info["generator_flops"] = cost_flops(self.predict)
+        self.info["flops_per_step"] = xla_flops(self.step)
+        self.info["generator_flops"] = xla_flops(self.predict)
         memory = self.step.memory_analysis()
         if memory is not None:
             self.info["xla_temp_bytes"] = int(memory.temp_size_in_bytes)
@@ -332,8 +252,8 @@ class StepBenchmark:
         _log(
             f"Compiled in {self.info['compile_s']:.1f} s (generator "
             f"{self.info['generator_compile_s']:.1f} s): "
-            f"{self.info['flops_per_step'] / 1e9:.1f} GFLOP per step, "
-            f"{self.info['generator_flops'] / 1e9:.1f} GFLOP per generator forward "
+            f"{self.info['flops_per_step'] / 1e9:.2f} GFLOP per step, "
+            f"{self.info['generator_flops'] / 1e9:.2f} GFLOP per generator forward "
             "(XLA cost analysis)."
         )
         self.train_times: list[float] = []
@@ -343,33 +263,31 @@ class StepBenchmark:
     def warm_up(self, steps: int = 1) -> None:
         for _ in range(steps):
             self.state, _, _ = self.step(self.state, self.vgg_state, self.image, self.mask)
-        jax.block_until_ready(self.state)
-        jax.block_until_ready(self._predict())
+        jax.block_until_ready((self.state, self._predict()))
 
     def _predict(self):
         return self.predict(self.state["g_params"], self.state["g_spectral"], self.image, self.mask)
 
     def time_train_step(self, steps: int, repeats: int) -> list[float]:
         """``repeats`` rounds of ``steps`` back-to-back steps; seconds per step of each round."""
-        from isnet_jax import train
-
         times = []
         for r in range(repeats):
-            pending = []
+            skips = []
             t0 = time.perf_counter()
             for _ in range(steps):  # no host synchronisation in here
                 self.state, metrics, guard = self.step(
                     self.state, self.vgg_state, self.image, self.mask)
-                pending.append((metrics, guard))
+                skips.append(guard["consecutive_skips"])
             jax.block_until_ready(self.state)
             times.append((time.perf_counter() - t0) / steps)
-            last = {k: float(v) for k, v in pending[-1][0].compute().items()}
+            last = {k: float(v) for k, v in metrics.compute().items()}
             _log(
                 f"  training step, round {r + 1}/{repeats}: {times[-1]:.3f} s per step (G loss "
                 f"{last['g_loss']:.3f}, D loss {last['d_loss']:.3f})"
             )
-            if any(int(g["consecutive_skips"]) for _, g in pending):
-                raise train.NonFiniteLossError("a timed step had a non-finite loss")
+            # Skipped (non-finite) updates would time a different program: a bug, not a result.
+            if any(int(s) for s in skips):
+                raise RuntimeError("a timed training step had non-finite gradients")
         self.train_times += times
         return times
 
@@ -380,13 +298,21 @@ class StepBenchmark:
         return times
 
     def time_parts(self, repeats: int) -> dict[str, dict]:
-        self.parts = benchmark_parts(
-            self.trainer, self.state, self.vgg_state, self.image, self.mask, repeats,
-            self.compiler_options,
-        )
+        """Seconds and XLA FLOPs of each piece of the step, compiled on its own."""
+        _log("Parts of the step, each compiled and timed on its own:")
+        self.parts = {}
+        for name, (fn, args) in step_parts(self.trainer, self.state, self.image).items():
+            compiled, compile_s = compile_timed(jax.jit(fn), *args,
+                                                compiler_options=self.compiler_options)
+            jax.block_until_ready(compiled(*args))
+            seconds = statistics.median(time_calls(lambda c=compiled, a=args: c(*a), repeats, 2))
+            part = {"seconds": seconds, "flops": xla_flops(compiled), "compile_s": compile_s}
+            self.parts[name] = part
+            _log(f"  {name:34s} {seconds:7.3f} s {part['flops'] / 1e9:9.2f} GFLOP "
+                 f"{part['flops'] / seconds / 1e9:7.1f} GFLOP/s")
         return self.parts
 
-    def record(self, peak_flops: float | None = None) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
         rec = dict(self.info)
         batch = self.config.batch_size
         rec["train_step_s"] = statistics.median(self.train_times)
@@ -397,62 +323,49 @@ class StepBenchmark:
         rec["generator_images_per_s"] = batch / rec["generator_forward_s"]
         rec["achieved_flop_per_s"] = rec["flops_per_step"] / rec["train_step_s"]
         rec["generator_achieved_flop_per_s"] = rec["generator_flops"] / rec["generator_forward_s"]
-        peak, source = device_peak(jnp.dtype(self.config.compute_dtype), peak_flops)
-        rec["peak_flop_per_s"], rec["peak_source"] = peak, source
-        if peak:
-            rec["utilization"] = rec["achieved_flop_per_s"] / peak
-            rec["generator_utilization"] = rec["generator_achieved_flop_per_s"] / peak
+        peak, size = measure_matmul_peak(jnp.dtype(self.config.compute_dtype))
+        rec["matmul_flop_per_s"], rec["matmul_size"] = peak, size
+        rec["utilization"] = rec["achieved_flop_per_s"] / peak
+        rec["generator_utilization"] = rec["generator_achieved_flop_per_s"] / peak
         if self.parts is not None:
             rec["parts"] = self.parts
         rec["peak_memory_bytes"], rec["peak_memory_source"] = peak_memory()
         rec["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        util = f", {100 * rec['utilization']:.0f}% of peak" if peak else ""
         _log(
             f"Training step {rec['train_step_s']:.3f} s ({rec['images_per_s']:.2f} images/s, "
-            f"{rec['achieved_flop_per_s'] / 1e9:.1f} GFLOP/s{util}); generator forward "
+            f"{rec['achieved_flop_per_s'] / 1e9:.1f} GFLOP/s, {100 * rec['utilization']:.0f}% of "
+            f"the {peak / 1e9:.0f} GFLOP/s of a {size}x{size} matrix product); generator forward "
             f"{rec['generator_forward_s']:.3f} s; peak memory "
             f"{rec['peak_memory_bytes'] / 2**20:.0f} MiB ({rec['peak_memory_source']})."
         )
         return rec
 
 
-def benchmark_parts(
-    trainer, state, vgg_state, image, mask, rounds: int, compiler_options=None
-) -> dict[str, dict]:
-    """Times and FLOPs of the step's pieces, each jitted on its own (not fused with the rest).
+def step_parts(trainer, state, image) -> dict[str, tuple[Callable, tuple]]:
+    """The step's pieces as ``name: (function, arguments)``, each to be jitted on its own.
 
     D runs on 2B images (real and fake together, as in the step); its backward gives the
     parameter gradient (D's update) and the input gradient (G's path through D). VGG19 is
     frozen, so its backward is the input gradient only.
     """
     nets = trainer.nets
-    g_vars = (state["g_params"], state["g_spectral"])
-    d_vars = (state["d_params"], state["d_spectral"])
-    masked = image * mask
-    both = jnp.concatenate([image, image])
 
-    def g_fwd(p, s, x, train=True):
-        return nnx.merge(nets.g_def, p, s, copy=True)(x, train=train)
-
-    def g_fwd_eval(p, s, x):
-        return g_fwd(p, s, x, train=False)
-
-    def g_fwd_bwd(p, s, x):
-        return jax.grad(lambda p: jnp.mean(g_fwd(p, s, x)))(p)
+    def g_fwd(p, s, x):
+        return nnx.merge(nets.g_def, p, s, copy=True)(x, train=True)
 
     def d_fwd(p, s, x):
         return nnx.merge(nets.d_def, p, s, copy=True)(x, train=True)[0]
 
-    def d_fwd_bwd(p, s, x):
-        return jax.grad(lambda p, x: jnp.mean(d_fwd(p, s, x)), argnums=(0, 1))(p, x)
+    def mean_of(fn, argnums):
+        return jax.grad(lambda *a: jnp.mean(fn(*a)), argnums=argnums)
 
-    # name: (function, arguments, also count convolution FLOPs from shapes)
-    pieces: dict[str, tuple[Callable, tuple, bool]] = {
-        "generator_forward_eval": (g_fwd_eval, (*g_vars, masked), True),
-        "generator_forward_train": (g_fwd, (*g_vars, masked), False),
-        "generator_forward_backward": (g_fwd_bwd, (*g_vars, masked), False),
-        "discriminator_forward_2b": (d_fwd, (*d_vars, both), True),
-        "discriminator_forward_backward_2b": (d_fwd_bwd, (*d_vars, both), False),
+    g_args = (state["g_params"], state["g_spectral"], image)
+    d_args = (state["d_params"], state["d_spectral"], jnp.concatenate([image, image]))
+    parts = {
+        "generator_forward_train": (g_fwd, g_args),
+        "generator_forward_backward": (mean_of(g_fwd, 0), g_args),
+        "discriminator_forward_2b": (d_fwd, d_args),
+        "discriminator_forward_backward_2b": (mean_of(d_fwd, (0, 2)), d_args),
     }
     if nets.vgg_def is not None:
 
@@ -460,32 +373,9 @@ def benchmark_parts(
             feats = nnx.merge(nets.vgg_def, v, copy=True)(x, outputs=nets.vgg_layers)
             return sum(jnp.mean(f) for f in feats.values())
 
-        pieces["vgg19_forward"] = (vgg_fwd, (vgg_state, image), True)
-        pieces["vgg19_forward_backward_input"] = (
-            jax.grad(vgg_fwd, argnums=1), (vgg_state, image), False
-        )
-    _log("Parts of the step, each compiled and timed on its own:")
-    results = {}
-    for name, (fn, args, by_shapes) in pieces.items():
-        compiled, compile_s = compile_timed(jax.jit(fn), *args, compiler_options=compiler_options)
-        jax.block_until_ready(compiled(*args))
-        times = time_calls(lambda c=compiled, a=args: c(*a), rounds, 2)
-        entry = {
-            "seconds": statistics.median(times),
-            "xla_flops": cost_flops(compiled),
-            "compile_s": compile_s,
-        }
-        entry["flop_per_s"] = entry["xla_flops"] / entry["seconds"]
-        line = (
-            f"  {name:34s} {entry['seconds']:7.3f} s {entry['xla_flops'] / 1e9:8.1f} GFLOP (XLA)"
-            f" {entry['flop_per_s'] / 1e9:6.1f} GFLOP/s"
-        )
-        if by_shapes:
-            entry["conv_flops_from_shapes"] = conv_flops(fn, *args)
-            line += f"; convolutions from shapes {entry['conv_flops_from_shapes'] / 1e9:.1f} GFLOP"
-        results[name] = entry
-        _log(line)
-    return results
+        parts["vgg19_forward"] = (vgg_fwd, (trainer.vgg_state, image))
+        parts["vgg19_forward_backward_input"] = (mean_of(vgg_fwd, 1), (trainer.vgg_state, image))
+    return parts
 
 
 def run(
@@ -495,7 +385,6 @@ def run(
     repeats: int = 3,
     warmup: int = 1,
     parts: bool = False,
-    peak_flops: float | None = None,
     vgg_source: str = "",
     compiler_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -506,7 +395,7 @@ def run(
     bench.time_generator(max(steps, 2), repeats)
     if parts:
         bench.time_parts(repeats)
-    return bench.record(peak_flops)
+    return bench.record()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -538,11 +427,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 3, "Training steps per timed round.")
     flags.DEFINE_integer("repeats", 3, "Timed rounds; medians are reported.")
     flags.DEFINE_integer("warmup", 1, "Untimed steps after compilation.")
-    flags.DEFINE_bool("parts", False, "Also time and count G, D and VGG19 separately.")
-    flags.DEFINE_float(
-        "peak_flops", None, "Device peak FLOP/s for the utilisation (default: a table of known "
-        "accelerators, or a measured float32 matmul on the CPU; 0: don't measure).",
-    )
+    flags.DEFINE_bool("parts", False, "Also compile, count and time G, D and VGG19 alone.")
     flags.DEFINE_multi_string(
         "compiler_option", [], "XLA compiler option NAME=VALUE for the compiled programs."
     )
@@ -561,8 +446,7 @@ def main(argv: list[str]) -> None:
         )
         record = run(
             config, steps=f.steps, repeats=f.repeats, warmup=f.warmup, parts=f.parts,
-            peak_flops=f.peak_flops, vgg_source=vgg_source,
-            compiler_options=parse_compiler_options(f.compiler_option),
+            vgg_source=vgg_source, compiler_options=parse_compiler_options(f.compiler_option),
         )
     print(json.dumps(record), flush=True)
 
