@@ -1,6 +1,10 @@
-"""Table 1's ablation generators: exact release parameter counts, forward, train mode, jit."""
+"""Table 1's ablation generators: exact release parameter counts, forward, train mode, jit,
+block counts and remat, and the one-to-one mapping of their leaves onto the release's keys."""
 
 from __future__ import annotations
+
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax.models import SpectralState, ablation, count_params, create_generator
+from isnet_jax import errors, models
+from isnet_jax.models import SpectralState, count_params, create_generator, layers
 
 # Trainable parameters of the release's RFFNet_base, RFFNet_fusion, UnetGeneratorSame.
 RELEASE_PARAMS = {
@@ -16,7 +21,18 @@ RELEASE_PARAMS = {
     "basemodel_ff": 14_610_083,
     "unet": 24_403_715,
 }
+VARIANTS = tuple(RELEASE_PARAMS)
+CLASSES = {"basemodel": models.BaseModel, "basemodel_ff": models.BaseModelFF,
+           "unet": models.UNetGenerator}
+# What one residual block (two bias-free 3x3 convs) less per branch per stage removes:
+# branch 0 is 32 wide in all four stages, branch 1 enters stages 1..3 at 64, 128, 256 wide,
+# 2 * 9 * (4 * 32^2 + 64^2 + 128^2 + 256^2) = 1,622,016: the step between ISNet's counts in
+# ISNET_REFERENCE.md (24,774,307 - 23,152,291), whose stages have the same branches.
+# The UNet's middle block is two 3x3 512->512 convs with biases: 2 * (9 * 512^2 + 512).
+PARAMS_PER_BLOCK = {"basemodel": 1_622_016, "basemodel_ff": 1_622_016, "unet": 4_719_616}
 SIZE = 32  # the smallest size all three take (BaseModel needs multiples of 16, UNet of 8)
+KEY_LISTING = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
+               / "official_generator_keys.tsv")
 
 
 def _build(name: str, dtype: jnp.dtype = jnp.float32) -> nnx.Module:
@@ -51,13 +67,48 @@ def _masked_batch(seed: int = 0) -> jax.Array:
     return image * mask
 
 
-@pytest.mark.parametrize("name", ablation.VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 def test_param_counts_match_release(name):
-    model = nnx.eval_shape(lambda: create_generator(name, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: CLASSES[name](rngs=nnx.Rngs(0)))
     assert count_params(model) == RELEASE_PARAMS[name]
+    assert type(nnx.eval_shape(lambda: create_generator(name, rngs=nnx.Rngs(0)))) is CLASSES[name]
+    assert CLASSES[name].__name__ in models.__all__
 
 
-@pytest.mark.parametrize("name", ablation.VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_blocks_is_honoured(name, blocks):
+    model = nnx.eval_shape(lambda: create_generator(name, blocks, rngs=nnx.Rngs(0)))
+    assert model.blocks == blocks
+    assert count_params(model) == RELEASE_PARAMS[name] - (4 - blocks) * PARAMS_PER_BLOCK[name]
+
+
+@pytest.mark.parametrize("name", ["isnet", *VARIANTS])
+def test_blocks_out_of_range_names_the_field(name):
+    with pytest.raises(errors.ConfigError, match=r"model\.blocks must be 1\.\.4.*got 5"):
+        create_generator(name, 5, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name,stages", [
+    ("isnet", 4), ("basemodel", 4), ("basemodel_ff", 4), ("unet", 4 + 1 + 3),  # UNet: blocks=1
+])
+def test_remat_is_honoured(name, stages):
+    """``remat`` puts each stage (UNet: each encoder step, middle block and decoder step) under
+    ``jax.checkpoint``; counted in the traced forward (abstract, nothing compiled)."""
+    x = jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+
+    def checkpoints(remat: bool) -> int:
+        model = nnx.eval_shape(lambda: create_generator(name, 1, remat=remat, rngs=nnx.Rngs(0)))
+        graphdef, state = nnx.split(model)
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x, train=True))(state, x)
+        return sum(eqn.primitive == checkpoint_p for eqn in jaxpr.eqns)
+
+    checkpoint_p = jax.make_jaxpr(jax.checkpoint(jnp.sin))(1.0).eqns[0].primitive
+    assert checkpoints(False) == 0
+    assert checkpoints(True) == stages
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_jit_train_then_eval(name):
     """One train-mode forward (one power iteration per SN conv), then eval from its state.
 
@@ -109,18 +160,70 @@ def test_unet_eager_bfloat16_compute():
     assert bool(jnp.all((y >= 0) & (y <= 1)))
 
 
-def test_wrong_size_is_rejected():
-    model = nnx.eval_shape(lambda: create_generator("basemodel", rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match="multiple of 16"):
+def test_wrong_size_and_unknown_name_are_rejected():
+    model = nnx.eval_shape(lambda: models.BaseModel(rngs=nnx.Rngs(0)))
+    with pytest.raises(errors.ConfigError, match="multiple of 16"):
         model(jnp.zeros((1, 24, 24, 3)))
-    with pytest.raises(ValueError, match="unknown ablation generator"):
-        ablation.create("isnet_lite", dtype=jnp.float32, rngs=nnx.Rngs(0))
+    with pytest.raises(errors.ConfigError, match="unknown generator 'isnet_lite'.*basemodel_ff"):
+        create_generator("isnet_lite", rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize("name", ablation.VARIANTS)
+# ---- every state leaf maps one to one onto the release's state-dict keys ----
+
+_BASE_KEYS = (
+    (r"stem\.shortcut", "layer1.downsample"),
+    (r"stem\.conv1", "layer1.conv_block.1"),
+    (r"stem\.conv2", "layer1.conv_block.4"),
+    (r"stages\.(\d)\.blocks(\d)\.layers\.(\d+)\.conv1", r"stage\1.branches.\2.\3.conv_block.1"),
+    (r"stages\.(\d)\.blocks(\d)\.layers\.(\d+)\.conv2", r"stage\1.branches.\2.\3.conv_block.4"),
+    (r"stages\.(\d)\.down0\.layers\.(\d)\.conv", r"stage\1.fuse_layers.1.0.\2.0"),
+    (r"stages\.(\d)\.down1\.conv", r"stage\1.fuse_layers.1.1.0"),
+    (r"stages\.(\d)\.reduce(\d)\.conv", r"stage\1.fused_branches.\2.0.0"),
+)
+
+# Per variant: (regex on the nnx module path, torch module) from the release's module names
+# (ablation/network_base.py, ablation/network_fusion.py, src/networks.py). Parameter names
+# map as kernel -> weight_orig (SN conv) or weight (plain conv), u -> weight_u, v -> weight_v.
+TORCH_KEYS: dict[str, tuple[tuple[str, str], ...]] = {
+    "basemodel": _BASE_KEYS + ((r"final", "final_layer"),),
+    "basemodel_ff": _BASE_KEYS + ((r"final1", "final_layer.0"), (r"final2", "final_layer.2")),
+    "unet": (
+        (r"encoder\.0", "encoder.1"),
+        (r"encoder\.1", "encoder.4"),
+        (r"encoder\.2", "encoder.7"),
+        (r"encoder\.3", "encoder.10"),
+        (r"middle\.layers\.(\d)\.conv1", r"middle.\1.conv_block.1"),
+        (r"middle\.layers\.(\d)\.conv2", r"middle.\1.conv_block.4"),
+        (r"decoder\.0", "decoder.0"),
+        (r"decoder\.1", "decoder.3"),
+        (r"decoder\.2", "decoder.6"),
+        (r"final", "decoder.10"),
+    ),
+}
+
+
+def torch_keys(name: str, model: nnx.Module) -> dict[tuple, str]:
+    """Every state leaf of ``model`` (parameters and SN vectors) -> the release's key."""
+    flat = [path for path, _ in nnx.to_flat_state(nnx.state(model))]
+    sn_modules = {path[:-1] for path in flat if path[-1] == "u"}
+    keys = {}
+    for path in flat:
+        *module, leaf = (str(p) for p in path)
+        module_path = ".".join(module)
+        matches = [re.fullmatch(pattern, module_path).expand(torch_module)
+                   for pattern, torch_module in TORCH_KEYS[name]
+                   if re.fullmatch(pattern, module_path)]
+        assert len(matches) == 1, f"{module_path}: {len(matches)} torch modules"
+        kernel = "weight_orig" if path[:-1] in sn_modules else "weight"
+        suffix = {"kernel": kernel, "u": "weight_u", "v": "weight_v", "bias": "bias"}[leaf]
+        keys[path] = f"{matches[0]}.{suffix}"
+    return keys
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 def test_torch_key_map_covers_every_leaf(name):
-    model = nnx.eval_shape(lambda: ablation.create(name, dtype=jnp.float32, rngs=nnx.Rngs(0)))
-    keys = ablation.torch_keys(name, model)
+    model = nnx.eval_shape(lambda: CLASSES[name](rngs=nnx.Rngs(0)))
+    keys = torch_keys(name, model)
     assert len(set(keys.values())) == len(keys)
     if name != "unet":
         assert keys[("stages", 1, "blocks1", "layers", 3, "conv1", "kernel")] == (
@@ -138,6 +241,19 @@ def test_torch_key_map_covers_every_leaf(name):
         assert keys[("decoder", 2, "kernel")] == "decoder.6.weight"
         assert keys[("final", "bias")] == "decoder.10.bias"
         assert keys[("middle", "layers", 0, "conv2", "bias")] == "middle.0.conv_block.4.bias"
+
+
+@pytest.mark.parametrize("name", ["basemodel", "basemodel_ff"])
+def test_two_stream_keys_are_the_release_isnet_keys_less_its_subpixel_convs(name):
+    """The release's ablation files build their stem and stages with the same module names as
+    its ISNet (RFFNet); only the sub-pixel up convs (``fuse_layers.0.1``) are gone."""
+    if not KEY_LISTING.exists():
+        pytest.skip(f"release key listing not found at {KEY_LISTING}")
+    isnet = {line.split("\t")[0] for line in KEY_LISTING.read_text().splitlines()
+             if line.startswith(("layer1.", "stage"))}
+    ours = {key for key in torch_keys(name, nnx.eval_shape(
+        lambda: CLASSES[name](rngs=nnx.Rngs(0)))).values() if not key.startswith("final_layer")}
+    assert ours == {key for key in isnet if ".fuse_layers.0.1." not in key}
 
 
 # ---- the parameter-free ops against direct numpy transcriptions of torch's definitions ----
@@ -159,12 +275,12 @@ def _torch_bilinear_1d(a: np.ndarray, factor: int, axis: int) -> np.ndarray:
 def test_upsample_bilinear_matches_torch_formula(factor):
     x = np.random.default_rng(0).normal(size=(1, 3, 2, 2)).astype(np.float32)
     expected = _torch_bilinear_1d(_torch_bilinear_1d(x, factor, 1), factor, 2)
-    np.testing.assert_allclose(ablation.upsample_bilinear(jnp.asarray(x), factor), expected,
+    np.testing.assert_allclose(layers.upsample_bilinear(jnp.asarray(x), factor), expected,
                                rtol=1e-6, atol=1e-6)
 
 
 def test_conv_transpose_matches_scatter_definition():
-    layer = ablation.ConvTranspose(3, 2, 4, stride=2, padding=1, rngs=nnx.Rngs(0))
+    layer = models.ablation.ConvTranspose(3, 2, 4, stride=2, padding=1, rngs=nnx.Rngs(0))
     assert not np.any(np.asarray(layer.bias[...]))  # the release's init: bias 0
     rng = np.random.default_rng(1)
     layer.kernel[...] = jnp.asarray(rng.normal(size=(4, 4, 3, 2)).astype(np.float32))
@@ -183,7 +299,11 @@ def test_conv_transpose_matches_scatter_definition():
 
 
 def test_instance_norm_per_sample_per_channel():
-    x = np.random.default_rng(2).normal(3.0, 2.0, size=(2, 4, 5, 3)).astype(np.float32)
-    y = np.asarray(ablation.instance_norm(jnp.asarray(x)))
-    mean, var = x.mean(axis=(1, 2), keepdims=True), x.var(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
+    norm = models.ablation.instance_norm(3, dtype=jnp.float32, rngs=nnx.Rngs(0))
+    assert not jax.tree.leaves(nnx.state(norm))  # affine=False: nothing to train or save
+    # A large mean: a one-pass E[x^2] - E[x]^2 variance would lose digits here.
+    x = np.random.default_rng(2).normal(300.0, 2.0, size=(2, 4, 5, 3)).astype(np.float32)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(1, 2), keepdims=True), x64.var(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(norm(jnp.asarray(x)), (x64 - mean) / np.sqrt(var + 1e-5),
+                               rtol=1e-4, atol=1e-4)

@@ -10,6 +10,14 @@ from isnet_jax import models
 from isnet_jax.models import layers
 
 
+def test_promised_model_names_are_exported():
+    """Issues #2 and #12 name these; each is built by name in this file or test_ablation.py."""
+    for name in ("Generator", "Discriminator", "UNetGenerator", "VGG19", "BaseModel",
+                 "BaseModelFF"):
+        assert name in models.__all__ and isinstance(getattr(models, name), type), name
+    assert set(models.GENERATORS) == {"isnet", "basemodel", "basemodel_ff", "unet"}
+
+
 @pytest.mark.parametrize(
     "blocks,expected", [(4, 24_774_307), (3, 23_152_291), (2, 21_530_275), (1, 19_908_259)]
 )
@@ -142,7 +150,7 @@ def _convs(module):
 @pytest.mark.parametrize("build", [
     lambda r: models.Generator(1, rngs=r),
     lambda r: models.Discriminator(rngs=r),
-    lambda r: models.create_generator("unet", rngs=r),
+    lambda r: models.UNetGenerator(rngs=r),
 ], ids=["isnet", "discriminator", "unet"])
 def test_release_initialisation_statistics(build):
     """ISNET_REFERENCE.md, "Initialisation": kernels ~ N(0, 0.001), biases 0, u and v random
@@ -159,7 +167,7 @@ def test_release_initialisation_statistics(build):
         if conv.bias is not None:
             assert not np.any(np.asarray(conv.bias[...]))
     spectral = [c for c in convs if getattr(c, "spectral_norm", False)]
-    assert len(spectral) > 0 or isinstance(module, models.ablation.UNet)
+    assert len(spectral) > 0 or isinstance(module, models.UNetGenerator)
     cosines = []
     for conv in spectral:
         u, v = np.asarray(conv.u[...], np.float64), np.asarray(conv.v[...], np.float64)

@@ -1,4 +1,9 @@
-"""ISNet's networks: generators, discriminator and the VGG19 loss network."""
+"""ISNet's networks: generators, discriminator and the VGG19 loss network.
+
+Generators by config name (``config.model.generator``): ``isnet`` -> ``Generator``, and Table 1's
+ablations ``basemodel`` -> ``BaseModel``, ``basemodel_ff`` -> ``BaseModelFF``, ``unet`` ->
+``UNetGenerator``. Each is ``Name(blocks=4, *, dtype=float32, remat=False, rngs=...)``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isnet_jax import errors
+from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
 from isnet_jax.models.vgg import VGG19
 
-GENERATORS = ("isnet", "basemodel", "basemodel_ff", "unet")
+GENERATORS: dict[str, type[nnx.Module]] = {
+    "isnet": Generator,
+    "basemodel": BaseModel,
+    "basemodel_ff": BaseModelFF,
+    "unet": UNetGenerator,
+}
 
 
 def create_generator(
@@ -24,13 +35,12 @@ def create_generator(
     rngs: nnx.Rngs,
 ) -> nnx.Module:
     """Builds a generator by its config name (``config.model.generator``)."""
-    if name == "isnet":
-        return Generator(blocks, dtype=dtype, remat=remat, rngs=rngs)
-    if name in ("basemodel", "basemodel_ff", "unet"):
-        from isnet_jax.models import ablation  # the Table 1 variants
-
-        return ablation.create(name, dtype=dtype, rngs=rngs)
-    raise errors.ConfigError(f"unknown generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    if name not in GENERATORS:
+        raise errors.ConfigError(
+            f"unknown generator {name!r} (config.model.generator); choose one of "
+            f"{', '.join(GENERATORS)}"
+        )
+    return GENERATORS[name](blocks, dtype=dtype, remat=remat, rngs=rngs)
 
 
 def count_params(module: nnx.Module) -> int:
@@ -39,11 +49,14 @@ def count_params(module: nnx.Module) -> int:
 
 
 __all__ = [
+    "BaseModel",
+    "BaseModelFF",
     "Conv",
     "Discriminator",
     "GENERATORS",
     "Generator",
     "SpectralState",
+    "UNetGenerator",
     "VGG19",
     "count_params",
     "create_generator",

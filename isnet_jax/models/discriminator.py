@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isnet_jax.models.layers import Conv
+from isnet_jax.models.layers import Conv, leaky_relu
 
 _WIDTHS = (3, 64, 128, 256, 512, 1)
 _STRIDES = (2, 2, 2, 1, 1)
@@ -35,6 +35,6 @@ class Discriminator(nnx.Module):
         for i, conv in enumerate(self.convs):
             x = conv(x, train=train)
             if i < 4:
-                x = jax.nn.leaky_relu(x, 0.2)
+                x = leaky_relu(x)
             feats.append(x.astype(jnp.float32))
         return feats[-1], feats

@@ -9,97 +9,137 @@ resolution and merges it with branch 0.
 
 Shapes for an input (B, H, W, 3) with H, W multiples of 16:
   stem -> [32 @ H]; stage k -> [32 @ H, 32*2^(k+1) @ H/2^(k+1)]; output (B, H, W, 3) in [0, 1].
+
+``TwoStream`` is that network with the switches Table 1's ablation turns (activation,
+up-sampling, final fusion): ``Generator`` is ISNet, ``ablation.BaseModel`` / ``BaseModelFF``
+are the two ablation rows built from the same stem and stages.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from isnet_jax import errors
-from isnet_jax.models.layers import Conv, Sequential, pixel_shuffle
+from isnet_jax.models.layers import (
+    Activation,
+    Conv,
+    Sequential,
+    maybe_remat,
+    pixel_shuffle,
+    upsample_bilinear,
+)
 
 WIDTHS = (32, 64, 128, 256, 512)
+MAX_BLOCKS = 4  # the paper's model; ISNET_REFERENCE.md gives the release's counts for 1..4
 
 
 class ResBlock(nnx.Module):
-    """``tanh(x + conv2(tanh(conv1(x))))``; conv1 is dilated by ``dilation``."""
+    """``act(x + conv2(act(conv1(x))))``; 3x3 convs, conv1 dilated by ``dilation``.
 
-    def __init__(self, channels: int, dilation: int, *, dtype, rngs: nnx.Rngs):
+    ``conv`` options go to both convs: ISNet's are spectrally normalised without bias, the
+    UNet baseline's plain with bias.
+    """
+
+    def __init__(self, channels: int, dilation: int, *, act: Activation = jnp.tanh, dtype,
+                 rngs: nnx.Rngs, **conv):
+        self.act = act
         self.conv1 = Conv(channels, channels, 3, padding=dilation, dilation=dilation,
-                          dtype=dtype, rngs=rngs)
-        self.conv2 = Conv(channels, channels, 3, padding=1, dtype=dtype, rngs=rngs)
+                          dtype=dtype, rngs=rngs, **conv)
+        self.conv2 = Conv(channels, channels, 3, padding=1, dtype=dtype, rngs=rngs, **conv)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        y = self.conv2(jnp.tanh(self.conv1(x, train=train)), train=train)
-        return jnp.tanh(x + y)
+        y = self.conv2(self.act(self.conv1(x, train=train)), train=train)
+        return self.act(x + y)
 
 
-class Down(nnx.Module):
-    """Strided SN conv (c -> 2c, half size) + tanh."""
+class ConvAct(nnx.Module):
+    """SN 3x3 conv (padding 1, no bias) + ``act``: with ``stride=2`` a down step of the
+    Interaction, with stride 1 the reduce step of the Aggregation."""
 
-    def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
-        self.conv = Conv(channels, 2 * channels, 3, stride=2, padding=1, dtype=dtype, rngs=rngs)
+    def __init__(self, in_channels: int, out_channels: int, *, stride: int = 1,
+                 act: Activation = jnp.tanh, dtype, rngs: nnx.Rngs):
+        self.act = act
+        self.conv = Conv(in_channels, out_channels, 3, stride=stride, padding=1, dtype=dtype,
+                         rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        return jnp.tanh(self.conv(x, train=train))
+        return self.act(self.conv(x, train=train))
 
 
 class Up(nnx.Module):
-    """Sub-pixel up-sampling: SN conv (c -> 2c), pixel shuffle (-> c/2 at twice the size), tanh."""
+    """Sub-pixel up-sampling: SN conv (c -> 2c), pixel shuffle (-> c/2 at twice the size), act."""
 
-    def __init__(self, channels: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, channels: int, *, act: Activation = jnp.tanh, dtype, rngs: nnx.Rngs):
+        self.act = act
         self.conv = Conv(channels, 2 * channels, 3, padding=1, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        return jnp.tanh(pixel_shuffle(self.conv(x, train=train)))
+        return self.act(pixel_shuffle(self.conv(x, train=train)))
 
 
-class Reduce(nnx.Module):
-    """SN conv 3x3 to the target width + tanh (the Aggregation step)."""
+@dataclasses.dataclass(frozen=True)
+class BilinearUp:
+    """Parameter-free up-sampling by ``factor`` (the ablation's ``nn.Upsample(mode='bilinear')``),
+    optionally after an activation (BaseModel's LeakyReLU ahead of it).
 
-    def __init__(self, in_channels: int, out_channels: int, *, dtype, rngs: nnx.Rngs):
-        self.conv = Conv(in_channels, out_channels, 3, padding=1, dtype=dtype, rngs=rngs)
+    Static configuration, not an ``nnx.Module``: it has nothing to train or save, and
+    ``init_weights`` numbers modules to draw each conv's key, so one more module would change
+    the initial weights that every seed gave before.
+    """
+
+    factor: int
+    act: Activation | None = None
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        return jnp.tanh(self.conv(x, train=train))
+        del train  # no parameters, nothing differs between modes
+        return upsample_bilinear(x if self.act is None else self.act(x), self.factor)
 
 
 class Stem(nnx.Module):
-    """``tanh(conv2(tanh(conv1(x))) + shortcut(x))``: 3 -> 32 channels at full resolution."""
+    """``act(conv2(act(conv1(x))) + shortcut(x))``: 3 -> 32 channels at full resolution."""
 
-    def __init__(self, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, *, act: Activation = jnp.tanh, dtype, rngs: nnx.Rngs):
+        self.act = act
         self.shortcut = Conv(3, 32, 1, spectral_norm=False, dtype=dtype, rngs=rngs)
         self.conv1 = Conv(3, 64, 3, padding=1, dtype=dtype, rngs=rngs)
         self.conv2 = Conv(64, 32, 3, padding=1, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        y = self.conv2(jnp.tanh(self.conv1(x, train=train)), train=train)
-        return jnp.tanh(y + self.shortcut(x))
+        y = self.conv2(self.act(self.conv1(x, train=train)), train=train)
+        return self.act(y + self.shortcut(x))
 
 
 class Stage(nnx.Module):
-    """Stage ``k`` (0..3): [32 @ 1, c1 @ 1/2^k] -> [32 @ 1, 2*c1 @ 1/2^(k+1)].
+    """Stage ``k`` (0..3): [32 @ 1, c1_in @ 1/2^k] -> [32 @ 1, c1_out @ 1/2^(k+1)].
 
-    Stage 0 takes branch 0 only and creates branch 1.
+    Stage 0 takes branch 0 only and creates branch 1. Branch 1 reaches full size by ``k``
+    sub-pixel steps (``subpixel``, 32 channels on arrival) or by bilinear up-sampling (c1_in
+    channels, so ``reduce0`` is wider); ``act_before_up`` puts an activation ahead of the
+    bilinear up-sampling (BaseModel).
     """
 
-    def __init__(self, k: int, blocks: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, k: int, c1_in: int, c1_out: int, blocks: int, *, act: Activation,
+                 subpixel: bool, act_before_up: bool = False, dtype, rngs: nnx.Rngs):
         self.k = k
-        c1_in, c1_out = WIDTHS[k], WIDTHS[k + 1]
-        kw = dict(dtype=dtype, rngs=rngs)
+        kw = dict(act=act, dtype=dtype, rngs=rngs)
         self.blocks0 = Sequential([ResBlock(32, 1, **kw) for _ in range(blocks)])
-        self.down0 = Sequential([Down(32 << s, **kw) for s in range(k + 1)])
+        self.down0 = Sequential([ConvAct(32 << s, 64 << s, stride=2, **kw) for s in range(k + 1)])
         if k > 0:
             self.blocks1 = Sequential([ResBlock(c1_in, 2, **kw) for _ in range(blocks)])
-            self.up1 = Sequential([Up(c1_in >> s, **kw) for s in range(k)])
-            self.down1 = Down(c1_in, **kw)
-            self.reduce0 = Reduce(64, 32, **kw)
-            self.reduce1 = Reduce((32 << (k + 1)) + 2 * c1_in, c1_out, **kw)
+            if subpixel:
+                self.up1 = Sequential([Up(c1_in >> s, **kw) for s in range(k)])
+            else:
+                self.up1 = BilinearUp(1 << k, act if act_before_up else None)
+            self.down1 = ConvAct(c1_in, 2 * c1_in, stride=2, **kw)
+            self.reduce0 = ConvAct(32 + (32 if subpixel else c1_in), 32, **kw)
+            self.reduce1 = ConvAct((32 << (k + 1)) + 2 * c1_in, c1_out, **kw)
         else:
-            self.reduce0 = Reduce(32, 32, **kw)
-            self.reduce1 = Reduce(64, c1_out, **kw)
+            self.reduce0 = ConvAct(32, 32, **kw)
+            self.reduce1 = ConvAct(64, c1_out, **kw)
 
     def __call__(self, xs: list[jax.Array], *, train: bool = False) -> list[jax.Array]:
         x0 = self.blocks0(xs[0], train=train)
@@ -114,7 +154,70 @@ class Stage(nnx.Module):
         return [self.reduce0(y0, train=train), self.reduce1(y1, train=train)]
 
 
-class Generator(nnx.Module):
+class TwoStream(nnx.Module):
+    """Stem, four stages and the output head of ISNet and of its Table 1 ablations.
+
+    Args:
+      blocks: residual blocks per branch per stage (1..4).
+      act: the activation after every conv but the output (tanh in ISNet).
+      subpixel: branch 1 is carried up by sub-pixel convs (ISNet) or bilinearly (ablations).
+      final_fusion: the output merges the up-sampled 1/16 branch with branch 0 (7x7 conv, act,
+        3x3 conv); without it the output is a 1x1 conv of branch 0.
+      act_before_up, last_width, final2_sn: the ablation code's particulars (see ``ablation``).
+      remat: recompute each stage's activations in the backward pass instead of storing them.
+    """
+
+    def __init__(
+        self,
+        blocks: int,
+        *,
+        act: Activation,
+        subpixel: bool,
+        final_fusion: bool,
+        act_before_up: bool = False,
+        last_width: int = WIDTHS[-1],
+        final2_sn: bool = True,
+        remat: bool = False,
+        dtype: jnp.dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        check_blocks(blocks)
+        self.blocks = blocks
+        self.remat = remat
+        self.act = act
+        self.final_fusion = final_fusion
+        kw = dict(dtype=dtype, rngs=rngs)
+        widths = WIDTHS[:-1] + (last_width,)  # branch 1's width into each stage, and out
+        self.stem = Stem(act=act, **kw)
+        self.stages = nnx.List([
+            Stage(k, widths[k], widths[k + 1], blocks, act=act, subpixel=subpixel,
+                  act_before_up=act_before_up, **kw)
+            for k in range(4)
+        ])
+        if not final_fusion:
+            self.final = Conv(32, 3, 1, use_bias=True, spectral_norm=False, **kw)
+            return
+        if subpixel:
+            self.up = Sequential([Up(last_width >> s, act=act, **kw) for s in range(4)])
+        else:
+            self.up = BilinearUp(16)
+        merged = 32 + (32 if subpixel else last_width)
+        self.final1 = Conv(merged, 32, 7, padding=3, use_bias=True, **kw)
+        self.final2 = Conv(32, 3, 3, padding=1, use_bias=True, spectral_norm=final2_sn, **kw)
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        check_spatial_size(x.shape)
+        xs = [self.stem(x, train=train)]
+        run = maybe_remat(lambda stage, v: stage(v, train=train), self.remat)
+        for stage in self.stages:
+            xs = run(stage, xs)
+        if not self.final_fusion:
+            return to_image(self.final(xs[0]))
+        y = jnp.concatenate([xs[0], self.up(xs[1], train=train)], axis=-1)
+        return to_image(self.final2(self.act(self.final1(y, train=train)), train=train))
+
+
+class Generator(TwoStream):
     """ISNet generator. ``g(masked_image, train=False)`` -> image in [0, 1].
 
     Args:
@@ -127,34 +230,27 @@ class Generator(nnx.Module):
 
     def __init__(
         self,
-        blocks: int = 4,
+        blocks: int = MAX_BLOCKS,
         *,
         dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        if not 1 <= blocks <= 4:
-            raise errors.ConfigError(f"blocks must be 1..4, got {blocks}")
-        self.blocks = blocks
-        self.remat = remat
-        kw = dict(dtype=dtype, rngs=rngs)
-        self.stem = Stem(**kw)
-        self.stages = nnx.List([Stage(k, blocks, **kw) for k in range(4)])
-        self.up = Sequential([Up(512 >> s, **kw) for s in range(4)])
-        self.final1 = Conv(64, 32, 7, padding=3, use_bias=True, **kw)
-        self.final2 = Conv(32, 3, 3, padding=1, use_bias=True, **kw)
+        super().__init__(blocks, act=jnp.tanh, subpixel=True, final_fusion=True, remat=remat,
+                         dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-        check_spatial_size(x.shape)
-        xs = [self.stem(x, train=train)]
-        for stage in self.stages:
-            if self.remat:
-                xs = nnx.remat(lambda s, v: s(v, train=train))(stage, xs)
-            else:
-                xs = stage(xs, train=train)
-        y = jnp.concatenate([xs[0], self.up(xs[1], train=train)], axis=-1)
-        y = self.final2(jnp.tanh(self.final1(y, train=train)), train=train)
-        return ((jnp.tanh(y) + 1.0) / 2.0).astype(jnp.float32)
+
+def to_image(y: jax.Array) -> jax.Array:
+    """The release's output ``(tanh(y) + 1) / 2``: an image in [0, 1], float32."""
+    return ((jnp.tanh(y) + 1.0) / 2.0).astype(jnp.float32)
+
+
+def check_blocks(blocks: int) -> None:
+    if not 1 <= blocks <= MAX_BLOCKS:
+        raise errors.ConfigError(
+            f"model.blocks must be 1..{MAX_BLOCKS} (residual blocks per branch per stage), got "
+            f"{blocks}; set --config.model.blocks=4 for the paper's model"
+        )
 
 
 def check_spatial_size(shape: tuple[int, ...], multiple: int = 16) -> None:

@@ -6,10 +6,12 @@ that activations and the convolution run in.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from isnet_jax import errors
@@ -18,6 +20,14 @@ _EPS = 1e-12  # torch.nn.functional.normalize's default, used by torch's spectra
 # The release's BaseNetwork.init_weights() defaults: init_type="normal", gain=0.001.
 RELEASE_INIT_STD = 1e-3
 INIT_SCHEMES = ("release", "orthogonal")
+
+
+Activation = Callable[[jax.Array], jax.Array]
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+    """``nn.LeakyReLU(0.2)``, the slope of every LeakyReLU in the release."""
+    return jax.nn.leaky_relu(x, 0.2)
 
 
 class SpectralState(nnx.Variable):
@@ -153,6 +163,42 @@ def pixel_shuffle(x: jax.Array, factor: int = 2) -> jax.Array:
     x = x.reshape(b, h, w, c // (r * r), r, r)
     x = jnp.transpose(x, (0, 1, 4, 2, 5, 3))
     return x.reshape(b, h * r, w * r, c // (r * r))
+
+
+@functools.cache
+def _bilinear_taps(n_in: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights of torch's bilinear up-sampling along one axis.
+
+    ``align_corners=False``: output pixel ``o`` reads the source coordinate
+    ``(o + 0.5) / factor - 0.5``, clamped at 0; the last pixel is repeated past the edge.
+    """
+    src = np.maximum((np.arange(n_in * factor) + 0.5) / factor - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int32), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def upsample_bilinear(x: jax.Array, factor: int) -> jax.Array:
+    """``nn.Upsample(scale_factor=factor, mode='bilinear')`` (align_corners=False) in NHWC.
+
+    ``jax.image.resize(..., "bilinear")`` computes the same interpolation (2e-7 apart on CPU)
+    but as a contraction with a weight matrix, at the backend's default matmul precision (bf16
+    passes on TPU) and with cost input x output per axis; two gathers and a lerp per axis are
+    exact on every backend and cost proportional to the output.
+    """
+    for axis in (1, 2):
+        i0, i1, frac = _bilinear_taps(x.shape[axis], factor)
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        w = jnp.asarray(frac, x.dtype).reshape(shape)
+        x = jnp.take(x, i0, axis=axis) * (1 - w) + jnp.take(x, i1, axis=axis) * w
+    return x
+
+
+def maybe_remat(fn: Callable, remat: bool) -> Callable:
+    """``fn``, or with ``remat`` ``nnx.remat(fn)``: its activations are recomputed in the
+    backward pass instead of stored (less memory, about one more forward of compute)."""
+    return nnx.remat(fn) if remat else fn
 
 
 class Sequential(nnx.Module):
