@@ -99,9 +99,12 @@ def build_networks(
     """
     rngs = nnx.Rngs(config.seed if seed is None else seed)
     dtype = compute_dtype(config)
-    g = models.create_generator(
-        config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat, rngs=rngs)
-    d = models.Discriminator(dtype=dtype, rngs=rngs)
+    # Built abstractly, then every weight drawn by init_weights: the constructors' own draws
+    # would only be thrown away (and would lengthen the initialiser's compilation).
+    g = nnx.eval_shape(lambda: models.create_generator(
+        config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat,
+        rngs=nnx.Rngs(0)))
+    d = nnx.eval_shape(lambda: models.Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
     g, d = (models.init_weights(m, config.model.init, config.model.init_scale, rngs=rngs)
             for m in (g, d))
     return g, d, load_vgg(config) if with_vgg and uses_vgg(config) else None

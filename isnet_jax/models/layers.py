@@ -7,6 +7,7 @@ that activations and the convolution run in.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -223,38 +224,60 @@ def init_weights(
     *,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """``module`` with every conv re-drawn, as the release's ``init_weights()`` does.
+    """``module`` with every conv drawn afresh, as the release's ``init_weights()`` does.
 
     Kernels (raw kernels of spectrally normalised convs, plain and transposed convs alike)
     from ``init_kernel(scheme, scale)``; biases 0; spectral-norm ``u``, ``v`` new random unit
     vectors with no power iteration. Under spectral normalisation the forward pass ignores the
     kernel's scale but Adam does not: ``scale`` sets the effective learning rate (an Adam step
-    of ``lr`` turns a kernel by about ``lr / scale``).
+    of ``lr`` turns a kernel by about ``lr / scale``). ``module`` may be abstract
+    (``nnx.eval_shape``): every one of its variables is a conv's, and all are drawn here.
 
-    Returns a new module built from the new state (``module`` itself is not changed): writing
-    into the Variables of a module being traced costs time quadratic in the trace's length
-    (each write probes the tracer's sharding), 20 s for the 4-block generator under jit.
+    Returns a new module built from the new state; ``module`` is not changed. Why: writing into
+    the Variables of a module being traced costs time quadratic in the trace's length (each
+    write probes the tracer's sharding: 20 s for the 4-block generator). And all kernels come
+    from one normal draw and all ``u``, ``v`` from another: a threefry draw per conv made the
+    initialiser take 30 s and more to compile on the CPU.
     """
     if scheme not in INIT_SCHEMES:
         raise errors.ConfigError(
             f"unknown init scheme {scheme!r}; choose one of {', '.join(INIT_SCHEMES)}"
         )
+    convs = [(path, m) for path, m in nnx.iter_modules(module)
+             if isinstance(getattr(m, "kernel", None), nnx.Param)]
+    k_kernels, k_vectors, k_orthogonal = jax.random.split(rngs.params(), 3)
     new: dict[tuple, jax.Array] = {}
-    # One draw from the Rngs (each draw writes its counter Variable, see above), then a key
-    # per conv folded from it.
-    base = rngs.params()
-    for i, (path, m) in enumerate(nnx.iter_modules(module)):
-        kernel = getattr(m, "kernel", None)
-        if not isinstance(kernel, nnx.Param):
-            continue
-        k_kernel, k_u, k_v = jax.random.split(jax.random.fold_in(base, i), 3)
-        new[(*path, "kernel")] = init_kernel(k_kernel, kernel.shape, scheme, scale)
+    shapes = [m.kernel.shape for _, m in convs]
+    if scheme == "release":
+        kernels = _split_draw(scale * jax.random.normal(
+            k_kernels, (sum(math.prod(x) for x in shapes),), jnp.float32), shapes)
+    else:  # a QR per kernel: only the demo's scheme, and still one compiled program
+        kernels = [init_kernel(k, shape, scheme, scale)
+                   for k, shape in zip(jax.random.split(k_orthogonal, len(shapes)), shapes,
+                                       strict=True)]
+    for (path, m), kernel in zip(convs, kernels, strict=True):
+        new[(*path, "kernel")] = kernel
         if getattr(m, "bias", None) is not None:
             new[(*path, "bias")] = jnp.zeros(m.bias.shape, jnp.float32)
-        if getattr(m, "spectral_norm", False):
-            new[(*path, "u")] = random_unit(k_u, m.u.shape[0])
-            new[(*path, "v")] = random_unit(k_v, m.v.shape[0])
+    vectors = [(path, name, getattr(m, name).shape) for path, m in convs
+               if getattr(m, "spectral_norm", False) for name in ("u", "v")]
+    draw = jax.random.normal(k_vectors, (sum(x[2][0] for x in vectors),), jnp.float32)
+    for (path, name, _), x in zip(vectors, _split_draw(draw, [x[2] for x in vectors]),
+                                  strict=True):
+        new[(*path, name)] = _l2_normalize(x)
     graphdef, state = nnx.split(module)
-    flat = [(p, v.replace(new[p]) if p in new else v) for p, v in nnx.to_flat_state(state)]
-    assert len(new) == sum(p in new for p, _ in flat), "a conv's variable was not found"
-    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+    flat = list(nnx.to_flat_state(state))
+    missing = [p for p, _ in flat if p not in new]
+    if missing:
+        raise AssertionError(f"init_weights draws convs only; {missing[0]} is something else")
+    return nnx.merge(graphdef, nnx.from_flat_state([(p, v.replace(new[p])) for p, v in flat]))
+
+
+def _split_draw(flat: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
+    """Consecutive pieces of one 1-D draw, reshaped to ``shapes``."""
+    pieces, start = [], 0
+    for shape in shapes:
+        size = math.prod(shape)
+        pieces.append(flat[start:start + size].reshape(shape))
+        start += size
+    return pieces
