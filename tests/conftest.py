@@ -84,10 +84,18 @@ def pytest_configure(config):
 
 
 def tiny_config(**overrides):
-    """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG."""
-    from configs import demo
+    """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG, and
+    the release's recipe (init, Adam, G's adversarial and feature-matching terms) in place of
+    the demo's, so that the step's tests see every term."""
+    from configs import default, demo
 
     config = demo.get_config()
+    release = default.get_config()
+    config.model.init = release.model.init
+    config.model.init_scale = release.model.init_scale
+    config.beta1 = release.beta1
+    config.loss.adversarial_weight = release.loss.adversarial_weight
+    config.loss.feature_matching_weight = release.loss.feature_matching_weight
     config.image_size = 32
     config.batch_size = 2
     config.num_train_steps = 4
