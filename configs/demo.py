@@ -26,7 +26,7 @@ def get_config():
     config.model.init_scale = 0.02
     config.image_size = 64
     config.batch_size = 4
-    config.num_train_steps = 1000
+    config.num_train_steps = 700
     config.learning_rate = 2e-4
     config.beta1 = 0.9
     config.loss.adversarial_weight = 0.0
@@ -37,9 +37,9 @@ def get_config():
     config.data.num_workers = 0
     config.masks.mode = "procedural"
     config.log_every_steps = 50
-    config.image_every_steps = 250
-    config.checkpoint_every_steps = 250
-    config.eval_every_steps = 250
+    config.image_every_steps = 100
+    config.checkpoint_every_steps = 350
+    config.eval_every_steps = 350
     config.eval.num_images = 16
     config.eval.batch_size = 8
     config.eval.num_images_final = 64

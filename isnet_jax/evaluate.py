@@ -25,7 +25,16 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from isnet_jax import checkpoint, errors, input_pipeline, metrics, perceptual, sharding, sheets
+from isnet_jax import (
+    checkpoint,
+    errors,
+    input_pipeline,
+    metrics,
+    models,
+    perceptual,
+    sharding,
+    sheets,
+)
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
     (0.1, 0.2),
@@ -266,7 +275,7 @@ def evaluate_checkpoint(
     # Every weight file is read and checked before the long work, and before anything is
     # written.
     perceptual_metrics = perceptual.PerceptualMetrics.from_config(config, mesh)
-    dtype = jnp.dtype(config.compute_dtype)
+    dtype = models.compute_dtype(config)
     generator, meta = checkpoint.restore_generator(path, step, dtype=dtype)
     logging.info(
         "Evaluating %s (blocks=%d) from %s, step %d (%s).",

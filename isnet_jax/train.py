@@ -1,8 +1,9 @@
 """ISNet training: the release's joint G/D step as one pure function under ``jax.jit``, and the
 loop around it.
 
-Reads top to bottom: config -> networks -> state -> step -> loop. The loss terms are
-``losses.py``'s, checkpoints ``checkpoint.py``'s, sample grids ``sheets.py``'s. G and D
+Reads top to bottom: state -> step -> loop. The networks a config describes come from
+``models.build_networks``, the optimisers from ``optim.py``, the loss terms from ``losses.py``,
+checkpoints from ``checkpoint.py``, sample grids from ``sheets.py``. G and D
 are updated together from one forward pass (simultaneous update), data parallel over a
 ``Mesh``; an update whose gradients are not finite is never applied.
 """
@@ -23,108 +24,8 @@ from clu import metric_writers, metrics, periodic_actions
 from etils import epath
 from flax import nnx, traverse_util
 
-from isnet_jax import checkpoint, errors, losses, models, preemption, sharding, sheets
+from isnet_jax import checkpoint, errors, losses, models, optim, preemption, sharding, sheets
 from isnet_jax.models.layers import SpectralState
-
-# ---------------------------------------------------------------------------------------------
-# Config
-# ---------------------------------------------------------------------------------------------
-
-LR_SCHEDULES = ("constant", "cosine")
-
-
-class NonFiniteLossError(errors.UserError, FloatingPointError):
-    """Losses stayed NaN or inf for ``config.max_consecutive_skips`` steps; none was applied."""
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-    name = config.get("compute_dtype", "float32")
-    if name not in ("float32", "bfloat16", "float16"):
-        raise errors.ConfigError(
-            f"compute_dtype must be float32, bfloat16 or float16, got {name!r}"
-        )
-    return jnp.dtype(name)
-
-
-def uses_vgg(config: ml_collections.ConfigDict) -> bool:
-    return config.loss.perceptual_weight != 0 or config.loss.style_weight != 0
-
-
-def learning_rate_schedule(config: ml_collections.ConfigDict, peak: float) -> optax.Schedule:
-    """``config.lr_schedule``: "constant" (the release) or "cosine" decay to 0 over
-    ``num_train_steps``; either after a linear warm-up of ``config.warmup_steps`` from 0."""
-    if config.lr_schedule not in LR_SCHEDULES:
-        raise errors.ConfigError(
-            f"config.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
-            f"{config.lr_schedule!r}"
-        )
-    warmup = config.warmup_steps
-    if config.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, peak, warmup, max(config.num_train_steps, warmup + 1))
-    if not warmup:
-        return optax.constant_schedule(peak)
-    return optax.join_schedules(
-        [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
-
-
-def make_optimizers(config: ml_collections.ConfigDict):
-    """Adam for G (lr, betas 0 / 0.9) and D (``d_lr_ratio`` x lr), as the release.
-
-    The schedule counts Adam's own steps, so a resumed run continues it and a fine-tuning run
-    starts it afresh. ``optax.apply_if_finite`` drops an update whose gradients hold a NaN or
-    inf (and counts it); it never gives up and applies one, the loop stops the run instead.
-    """
-    def adam(lr):
-        inner = optax.adam(learning_rate_schedule(config, lr), b1=config.beta1, b2=config.beta2)
-        return optax.apply_if_finite(inner, max_consecutive_errors=np.iinfo(np.int32).max)
-
-    return adam(config.learning_rate), adam(config.learning_rate * config.d_lr_ratio)
-
-
-# ---------------------------------------------------------------------------------------------
-# Networks
-# ---------------------------------------------------------------------------------------------
-
-
-def build_networks(
-    config: ml_collections.ConfigDict, seed: int | None = None, *, with_vgg: bool = True
-):
-    """``(generator, discriminator, vgg_or_None)`` as NNX modules with float32 parameters.
-
-    G and D are initialised as ``config.model.init`` says (the release's scheme by default,
-    as its ``BaseNetwork.init_weights``). VGG19 (when the perceptual or style loss is on and
-    ``with_vgg``) comes from ``config.loss.vgg_weights``: missing weights stop the run rather
-    than silently giving random VGG features.
-    """
-    rngs = nnx.Rngs(config.seed if seed is None else seed)
-    dtype = compute_dtype(config)
-    # Built abstractly, then every weight drawn by init_weights: the constructors' own draws
-    # would only be thrown away (and would lengthen the initialiser's compilation).
-    g = nnx.eval_shape(lambda: models.create_generator(
-        config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat,
-        rngs=nnx.Rngs(0)))
-    d = nnx.eval_shape(lambda: models.Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
-    g, d = (models.init_weights(m, config.model.init, config.model.init_scale, rngs=rngs)
-            for m in (g, d))
-    return g, d, load_vgg(config) if with_vgg and uses_vgg(config) else None
-
-
-def load_vgg(config: ml_collections.ConfigDict) -> nnx.Module:
-    path = config.loss.vgg_weights
-    if not path:
-        raise errors.MissingFileError(
-            "the perceptual and style losses need ImageNet VGG19 weights, and "
-            "config.loss.vgg_weights is empty. Get torchvision's vgg19-dcbb9e9d.pth, convert it "
-            "with `python -m isnet_jax.convert --vgg19 vgg19-dcbb9e9d.pth --output DIR` and pass "
-            "--config.loss.vgg_weights=DIR/vgg19.npz (or set both loss weights to 0 to train "
-            "without them)."
-        )
-    from isnet_jax import convert  # lazily: only runs that use VGG need the reader
-
-    return convert.load_vgg19(
-        path, normalization=config.loss.vgg_normalization, dtype=compute_dtype(config))
-
 
 # ---------------------------------------------------------------------------------------------
 # State
@@ -156,11 +57,11 @@ class Trainer:
     def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
         self.config = config
         self.mesh = mesh
-        self.g_tx, self.d_tx = make_optimizers(config)
+        self.g_tx, self.d_tx = optim.make_optimizers(config)
         replicated = sharding.replicated(mesh)
 
         def init():
-            g, d, _ = build_networks(config, with_vgg=False)
+            g, d, _ = models.build_networks(config, with_vgg=False)
             _, g_params, g_spectral = split_module(g)
             _, d_params, d_spectral = split_module(d)
             return {"step": jnp.zeros((), jnp.int32),
@@ -172,12 +73,12 @@ class Trainer:
         # into the abstract state instead) from one compiled program that writes them straight
         # to their shardings (eager init would compile every small initialiser, and could not
         # place arrays on other hosts' devices).
-        g, d, _ = nnx.eval_shape(lambda: build_networks(config, with_vgg=False))
+        g, d, _ = nnx.eval_shape(lambda: models.build_networks(config, with_vgg=False))
         abstract = jax.eval_shape(init)
         self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
         self.abstract_state = checkpoint.abstract_tree(abstract, self.state_sharding)
         self._init = jax.jit(init, out_shardings=self.state_sharding)
-        vgg = load_vgg(config) if uses_vgg(config) else None
+        vgg = models.load_vgg(config) if models.uses_vgg(config) else None
         if vgg is not None:
             vgg_def, vgg_state = nnx.split(vgg)
             self.vgg_state = sharding.put_global(vgg_state, replicated)
@@ -308,6 +209,10 @@ def nonfinite_names(bits: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # Loop
 # ---------------------------------------------------------------------------------------------
+
+
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+    """Losses stayed NaN or inf for ``config.max_consecutive_skips`` steps; none was applied."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

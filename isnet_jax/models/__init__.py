@@ -3,50 +3,16 @@
 Generators by config name (``config.model.generator``): ``isnet`` -> ``Generator``, and Table 1's
 ablations ``basemodel`` -> ``BaseModel``, ``basemodel_ff`` -> ``BaseModelFF``, ``unet`` ->
 ``UNetGenerator``. Each is ``Name(blocks=4, *, dtype=float32, remat=False, rngs=...)``.
+``build_networks(config)`` gives the initialised G and D (and VGG19) a config describes.
 """
 
-from __future__ import annotations
-
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
-from isnet_jax import errors
 from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
+from isnet_jax.models.build import build_networks, compute_dtype, load_vgg, uses_vgg
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
+from isnet_jax.models.registry import GENERATORS, count_params, create_generator
 from isnet_jax.models.vgg import VGG19
-
-GENERATORS: dict[str, type[nnx.Module]] = {
-    "isnet": Generator,
-    "basemodel": BaseModel,
-    "basemodel_ff": BaseModelFF,
-    "unet": UNetGenerator,
-}
-
-
-def create_generator(
-    name: str = "isnet",
-    blocks: int = 4,
-    *,
-    dtype: jnp.dtype = jnp.float32,
-    remat: bool = False,
-    rngs: nnx.Rngs,
-) -> nnx.Module:
-    """Builds a generator by its config name (``config.model.generator``)."""
-    if name not in GENERATORS:
-        raise errors.ConfigError(
-            f"unknown generator {name!r} (config.model.generator); choose one of "
-            f"{', '.join(GENERATORS)}"
-        )
-    return GENERATORS[name](blocks, dtype=dtype, remat=remat, rngs=rngs)
-
-
-def count_params(module: nnx.Module) -> int:
-    """Number of trainable parameters (``nnx.Param`` entries; spectral-norm vectors excluded)."""
-    return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
-
 
 __all__ = [
     "BaseModel",
@@ -58,8 +24,12 @@ __all__ = [
     "SpectralState",
     "UNetGenerator",
     "VGG19",
+    "build_networks",
+    "compute_dtype",
     "count_params",
     "create_generator",
     "init_weights",
+    "load_vgg",
     "pixel_shuffle",
+    "uses_vgg",
 ]

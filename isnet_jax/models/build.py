@@ -1,0 +1,68 @@
+"""The networks a config describes: G and D initialised, VGG19 loaded, the compute dtype."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from isnet_jax import errors
+from isnet_jax.models import registry
+from isnet_jax.models.discriminator import Discriminator
+from isnet_jax.models.layers import init_weights
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """``config.compute_dtype``: what activations and convolutions run in (parameters stay
+    float32)."""
+    name = config.get("compute_dtype", "float32")
+    if name not in COMPUTE_DTYPES:
+        raise errors.ConfigError(
+            f"config.compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {name!r}")
+    return jnp.dtype(name)
+
+
+def uses_vgg(config: ml_collections.ConfigDict) -> bool:
+    return config.loss.perceptual_weight != 0 or config.loss.style_weight != 0
+
+
+def build_networks(
+    config: ml_collections.ConfigDict, seed: int | None = None, *, with_vgg: bool = True
+):
+    """``(generator, discriminator, vgg_or_None)`` as NNX modules with float32 parameters.
+
+    G and D are initialised as ``config.model.init`` says (the release's scheme by default,
+    as its ``BaseNetwork.init_weights``). VGG19 (when the perceptual or style loss is on and
+    ``with_vgg``) comes from ``config.loss.vgg_weights``: missing weights stop the run rather
+    than silently giving random VGG features.
+    """
+    rngs = nnx.Rngs(config.seed if seed is None else seed)
+    dtype = compute_dtype(config)
+    # Built abstractly, then every weight drawn by init_weights: the constructors' own draws
+    # would only be thrown away (and would lengthen the initialiser's compilation).
+    g = nnx.eval_shape(lambda: registry.create_generator(
+        config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat,
+        rngs=nnx.Rngs(0)))
+    d = nnx.eval_shape(lambda: Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
+    g, d = (init_weights(m, config.model.init, config.model.init_scale, rngs=rngs)
+            for m in (g, d))
+    return g, d, load_vgg(config) if with_vgg and uses_vgg(config) else None
+
+
+def load_vgg(config: ml_collections.ConfigDict) -> nnx.Module:
+    """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``."""
+    path = config.loss.vgg_weights
+    if not path:
+        raise errors.MissingFileError(
+            "the perceptual and style losses need ImageNet VGG19 weights, and "
+            "config.loss.vgg_weights is empty. Get torchvision's vgg19-dcbb9e9d.pth, convert it "
+            "with `python -m isnet_jax.convert --vgg19 vgg19-dcbb9e9d.pth --output DIR` and pass "
+            "--config.loss.vgg_weights=DIR/vgg19.npz (or set both loss weights to 0 to train "
+            "without them)."
+        )
+    from isnet_jax import convert  # lazily: convert imports the models package
+
+    return convert.load_vgg19(
+        path, normalization=config.loss.vgg_normalization, dtype=compute_dtype(config))

@@ -1,0 +1,40 @@
+"""Generators by their config name (``config.model.generator``)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from isnet_jax import errors
+from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
+from isnet_jax.models.generator import Generator
+
+GENERATORS: dict[str, type[nnx.Module]] = {
+    "isnet": Generator,
+    "basemodel": BaseModel,
+    "basemodel_ff": BaseModelFF,
+    "unet": UNetGenerator,
+}
+
+
+def create_generator(
+    name: str = "isnet",
+    blocks: int = 4,
+    *,
+    dtype: jnp.dtype = jnp.float32,
+    remat: bool = False,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """Builds a generator by its config name (``config.model.generator``)."""
+    if name not in GENERATORS:
+        raise errors.ConfigError(
+            f"unknown generator {name!r} (config.model.generator); choose one of "
+            f"{', '.join(GENERATORS)}"
+        )
+    return GENERATORS[name](blocks, dtype=dtype, remat=remat, rngs=rngs)
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of trainable parameters (``nnx.Param`` entries; spectral-norm vectors excluded)."""
+    return sum(x.size for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
