@@ -294,12 +294,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m isnet_jax.app",
         description="Serve a local web page that inpaints photos with an ISNet checkpoint.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        help="training workdir, its checkpoints/ folder, or a converted folder",
-    )
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    inpaint.add_model_arguments(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -307,34 +302,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     parser.add_argument(
-        "--size",
-        type=int,
-        default=256,
-        help="the model's training size: crop and resize modes run at it (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--crop-margin",
-        type=int,
-        default=inpaint.CROP_MARGIN,
-        help="crop mode: context in pixels around each group of holes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--crop-above",
-        type=int,
-        default=None,
-        help="auto mode crops photos whose longer side exceeds this (default: twice --size)",
-    )
-    parser.add_argument(
         "--max-megapixels",
         type=float,
         default=MAX_MEGAPIXELS,
         help="largest photo the page accepts (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    if args.size <= 0 or args.size % inpaint.MULTIPLE:
-        parser.error(f"--size must be a positive multiple of {inpaint.MULTIPLE}, got {args.size}")
-    if args.crop_margin < 0:
-        parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
+    inpaint.check_model_arguments(parser, args)
     if args.max_megapixels <= 0:
         parser.error(f"--max-megapixels must be positive, got {args.max_megapixels}")
     return args

@@ -29,7 +29,6 @@ import re
 import shutil
 import sys
 import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, errors, fid
+from isnet_jax import checkpoint, errors, fid, torch_weights
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import NAMES as VGG_NAMES
 from isnet_jax.models.vgg import TORCH_INDICES as VGG_TORCH_INDICES
@@ -190,11 +189,6 @@ def _targets(
     return targets
 
 
-def _few(keys: Sequence[str], n: int = 4) -> str:
-    shown = ", ".join(keys[:n])
-    return f"{shown} ({len(keys)} in all)" if len(keys) > n else shown
-
-
 def _fill(
     module: nnx.Module,
     pairs: list[tuple[str, Conv]],
@@ -207,31 +201,8 @@ def _fill(
     """Copies ``sd`` into the abstract ``module``: every key used once, every shape checked."""
     every_conv = {id(m) for _, m in nnx.iter_graph(module) if isinstance(m, Conv)}
     assert every_conv == {id(conv) for _, conv in pairs}, f"a conv of {what} has no torch name"
-    targets = _targets(pairs)
-    missing = [k for k in targets if k not in sd]
-    unexpected = [k for k in sd if k not in targets and not ignored(k)]
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing {_few(missing)}")
-        if unexpected:
-            problems.append(f"unexpected {_few(unexpected)}")
-        raise PthError(
-            f"{path} does not fit {what}: {'; '.join(problems)}" + _wrong_kind_hint(sd, wanted)
-        )
-    wrong = [
-        f"{k} is {tuple(sd[k].shape)}, expected {shape}"
-        for k, (_, shape, _) in targets.items()
-        if tuple(sd[k].shape) != shape
-    ]
-    if wrong:
-        raise PthError(f"{path} does not fit {what}: {_few(wrong, 3)}")
-    for key, (variable, _, to_ours) in targets.items():
-        dtype = variable.get_value().dtype  # float32: parameters stay float32 whatever was saved
-        variable.set_value(jnp.asarray(to_ours(sd[key]), dtype))
-    leaves = jax.tree.leaves(nnx.state(module))
-    unfilled = [x for x in leaves if isinstance(x, jax.ShapeDtypeStruct)]
-    assert not unfilled, f"{len(unfilled)} variables of {what} were not filled"
+    torch_weights.fill(module, _targets(pairs), sd, path, what, ignored,
+                       hint=_wrong_kind_hint(sd, wanted))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,55 +281,21 @@ def load_torchvision_vgg19(
     return vgg
 
 
-def _vgg_npz_key(i: int, name: str) -> str:
-    return f"{VGG_NAMES[i].replace('relu', 'conv')}.{name}"
+def _vgg_variables(vgg: VGG19) -> dict[str, nnx.Variable]:
+    """The ``.npz`` keys of our VGG19 file (``conv1_1.kernel`` ...) and their variables."""
+    return {f"{VGG_NAMES[i].replace('relu', 'conv')}.{name}": getattr(conv, name)
+            for i, conv in enumerate(vgg.convs) for name in ("kernel", "bias")}
 
 
 def save_vgg19(vgg: VGG19, path: str | os.PathLike) -> pathlib.Path:
     """Writes ``vgg``'s weights as our ``.npz`` (HWIO kernels, keys ``conv1_1.kernel`` ...)."""
-    path = pathlib.Path(path)
-    arrays = {"format": np.array(_VGG_FORMAT)}
-    for i, conv in enumerate(vgg.convs):
-        arrays[_vgg_npz_key(i, "kernel")] = np.asarray(conv.kernel.get_value(), np.float32)
-        arrays[_vgg_npz_key(i, "bias")] = np.asarray(conv.bias.get_value(), np.float32)
-    # Written beside the target and renamed: a reader never sees half a file.
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
-    return path
+    return torch_weights.save_npz(vgg, path, _VGG_FORMAT, _vgg_variables(vgg))
 
 
 def _load_vgg_npz(path: pathlib.Path, normalization: str, dtype: jnp.dtype) -> VGG19:
     vgg = nnx.eval_shape(lambda: VGG19(normalization=normalization, dtype=dtype, rngs=nnx.Rngs(0)))
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "format" not in npz.files or str(npz["format"]) != _VGG_FORMAT:
-                raise PthError(
-                    f"{path} is not a VGG19 file written by isnet_jax.convert; recreate it with "
-                    f"`{_CONVERT_HINT}`"
-                )
-            for i, conv in enumerate(vgg.convs):
-                for name, variable in (("kernel", conv.kernel), ("bias", conv.bias)):
-                    key = _vgg_npz_key(i, name)
-                    if key not in npz.files:
-                        raise PthError(f"{path} lacks {key}; recreate it with `{_CONVERT_HINT}`")
-                    value, want = npz[key], variable.get_value()
-                    if value.shape != want.shape:
-                        raise PthError(
-                            f"{path}: {key} is {value.shape}, expected {want.shape}; recreate it "
-                            f"with `{_CONVERT_HINT}`"
-                        )
-                    variable.set_value(jnp.asarray(value, want.dtype))
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        if isinstance(e, PthError):
-            raise
-        raise PthError(f"{path} is not a readable .npz file ({e}); recreate it with "
-                       f"`{_CONVERT_HINT}`") from None
+    torch_weights.load_npz(vgg, path, _VGG_FORMAT, f"recreate it with `{_CONVERT_HINT}`",
+                           _vgg_variables(vgg))
     return vgg
 
 
@@ -377,11 +314,8 @@ def load_vgg19(
             f"VGG19 weights not found at {path}. Get torchvision's vgg19-dcbb9e9d.pth, run "
             f"`{_CONVERT_HINT}` and point config.loss.vgg_weights at DIR/{VGG_FILE}"
         )
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            is_npz = any(n.endswith(".npy") for n in archive.namelist())
-        if is_npz:
-            return _load_vgg_npz(path, normalization, dtype)
+    if torch_weights.is_npz(path):
+        return _load_vgg_npz(path, normalization, dtype)
     return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)
 
 

@@ -780,16 +780,52 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = errors.ArgumentParser(
-        prog="python -m isnet_jax.inpaint",
-        description="Fill the holes of images with an ISNet generator checkpoint.",
-    )
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags that choose the checkpoint and how a photo meets the network's size; this
+    command's and the web page's (``app.py``)."""
     parser.add_argument(
         "--checkpoint",
         required=True,
         help="training workdir, its checkpoints/ folder, or a converted folder",
     )
+    parser.add_argument(
+        "--step", type=int, default=None, help="checkpoint step to load (default: the latest)"
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=256,
+        help="network resolution for resize and crop modes: the model's training size "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crop-margin",
+        type=int,
+        default=CROP_MARGIN,
+        help="crop mode: context in image pixels around each group of holes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--crop-above",
+        type=int,
+        default=None,
+        help="auto mode: crop images whose longer side exceeds this many pixels "
+        "(default: twice --size)",
+    )
+
+
+def check_model_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.size <= 0 or args.size % MULTIPLE:
+        parser.error(f"--size must be a positive multiple of {MULTIPLE}, got {args.size}")
+    if args.crop_margin < 0:
+        parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = errors.ArgumentParser(
+        prog="python -m isnet_jax.inpaint",
+        description="Fill the holes of images with an ISNet generator checkpoint.",
+    )
+    add_model_arguments(parser)
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument(
         "--mask",
@@ -817,30 +853,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--crop-above, pad for the others (default: %(default)s)",
     )
     parser.add_argument(
-        "--size",
-        type=int,
-        default=256,
-        help="network resolution for resize and crop modes: the model's training size "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--crop-margin",
-        type=int,
-        default=CROP_MARGIN,
-        help="crop mode: context in image pixels around each group of holes (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--crop-above",
-        type=int,
-        default=None,
-        help="auto mode: crop images whose longer side exceeds this many pixels "
-        "(default: twice --size)",
-    )
-    parser.add_argument(
         "--batch-size", type=int, default=4, help="images per forward pass (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--step", type=int, default=None, help="checkpoint step to load (default: the latest)"
     )
     parser.add_argument(
         "--overwrite",
@@ -850,10 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.size <= 0 or args.size % MULTIPLE:
-        parser.error(f"--size must be a positive multiple of {MULTIPLE}, got {args.size}")
-    if args.crop_margin < 0:
-        parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
+    check_model_arguments(parser, args)
     return args
 
 

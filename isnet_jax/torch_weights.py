@@ -128,12 +128,14 @@ def fill(
     path: pathlib.Path,
     what: str,
     ignored: Callable[[str], bool] = lambda key: False,
+    hint: str | None = None,
 ) -> None:
     """Copies ``sd`` into the abstract ``module``: every target filled once, every shape checked,
-    every key of ``sd`` used or ``ignored``."""
+    every key of ``sd`` used or ``ignored``. ``hint`` ends the error messages (default: what
+    ``sd`` looks like instead, when it is another known file)."""
     missing = [k for k in targets if k not in sd]
     unexpected = [k for k in sd if k not in targets and not ignored(k)]
-    hint = mismatch_hint(sd, what)
+    hint = mismatch_hint(sd, what) if hint is None else hint
     if missing or unexpected:
         problems = []
         if missing:
@@ -179,11 +181,15 @@ def is_npz(path: pathlib.Path) -> bool:
         return any(n.endswith(".npy") for n in archive.namelist())
 
 
-def save_npz(module: nnx.Module, path: str | os.PathLike, format_tag: str) -> pathlib.Path:
-    """Every variable of ``module`` under its attribute path, plus a ``format`` tag."""
+def save_npz(
+    module: nnx.Module, path: str | os.PathLike, format_tag: str,
+    variables: dict[str, nnx.Variable] | None = None,
+) -> pathlib.Path:
+    """Every variable of ``module`` under its attribute path (or under the names of
+    ``variables``), plus a ``format`` tag."""
     path = pathlib.Path(path)
     arrays = {"format": np.array(format_tag)}
-    for name, variable in _variables(module).items():
+    for name, variable in (variables or _variables(module)).items():
         arrays[name] = np.asarray(variable.get_value(), np.float32)
     # Written beside the target and renamed: a reader never sees half a file.
     fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -197,13 +203,17 @@ def save_npz(module: nnx.Module, path: str | os.PathLike, format_tag: str) -> pa
     return path
 
 
-def load_npz(module: nnx.Module, path: pathlib.Path, format_tag: str, remedy: str) -> None:
-    """Fills the abstract ``module`` from ``save_npz``'s file; ``remedy`` says how to remake it."""
+def load_npz(
+    module: nnx.Module, path: pathlib.Path, format_tag: str, remedy: str,
+    variables: dict[str, nnx.Variable] | None = None,
+) -> None:
+    """Fills the abstract ``module`` from ``save_npz``'s file (written with the same
+    ``variables`` names); ``remedy`` says how to remake it."""
     try:
         with np.load(path, allow_pickle=False) as npz:
             if "format" not in npz.files or str(npz["format"]) != format_tag:
                 raise PthError(f"{path} is not a file of {format_tag!r}; {remedy}")
-            for name, variable in _variables(module).items():
+            for name, variable in (variables or _variables(module)).items():
                 if name not in npz.files:
                     raise PthError(f"{path} lacks {name}; {remedy}")
                 value, want = npz[name], variable.get_value()
