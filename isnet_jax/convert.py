@@ -306,14 +306,10 @@ def load_vgg19(
     ``.pth`` (what ``config.loss.vgg_weights`` may name). The file's content decides, not its
     name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
     exist."""
-    path = pathlib.Path(path)
-    if path.is_dir():
-        path = path / VGG_FILE
-    if not path.exists():
-        raise errors.MissingFileError(
-            f"VGG19 weights not found at {path}. Get torchvision's vgg19-dcbb9e9d.pth, run "
-            f"`{_CONVERT_HINT}` and point config.loss.vgg_weights at DIR/{VGG_FILE}"
-        )
+    path = torch_weights.weights_file(
+        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Get torchvision's "
+        f"vgg19-dcbb9e9d.pth, run `{_CONVERT_HINT}` and point config.loss.vgg_weights at "
+        f"DIR/{VGG_FILE}")
     if torch_weights.is_npz(path):
         return _load_vgg_npz(path, normalization, dtype)
     return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)

@@ -11,7 +11,9 @@ its traceback. The subclasses also derive from the built-in type a Python caller
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -44,6 +46,24 @@ class ArgumentParser(argparse.ArgumentParser):
         sys.exit(EXIT_USER_ERROR)
 
 
+_ctrl_c = threading.Event()
+
+
+def _on_sigint(signum, frame) -> NoReturn:
+    _ctrl_c.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raises ``KeyboardInterrupt`` when Ctrl-C came under ``run_cli`` and was lost.
+
+    Python raises the interrupt wherever the main thread is; inside a garbage-collector or
+    weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
+    and dropped, and the work would go on. Long loops call this at each step."""
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
 def run_cli(body: Callable[[], int], interrupted: str) -> int:
     """Runs a command-line tool's work and returns its exit status.
 
@@ -51,6 +71,15 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
     Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
     any other exception is a bug and propagates with its traceback.
     """
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
+    unraisable_hook = sys.unraisablehook
+
+    def quiet_lost_interrupt(unraisable) -> None:  # check_interrupted raises it again
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            unraisable_hook(unraisable)
+
+    sys.unraisablehook = quiet_lost_interrupt
     try:
         return body()
     except UserError as e:
@@ -59,3 +88,8 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
     except KeyboardInterrupt:
         print(f"interrupted (Ctrl-C); {interrupted}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
+    finally:
+        _ctrl_c.clear()
+        sys.unraisablehook = unraisable_hook
+        if main_thread and previous is not None:
+            signal.signal(signal.SIGINT, previous)

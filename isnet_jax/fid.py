@@ -244,14 +244,9 @@ class InceptionV3(nnx.Module):
         """pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``, our converted ``.npz``, or a
         folder holding the ``.npz``. The file's content decides, not its name. Raises
         ``errors.MissingFileError`` or ``PthError`` (naming the file) for anything else."""
-        path = pathlib.Path(path)
-        if path.is_dir():
-            path = path / NPZ_FILE
-        if not path.exists():
-            raise errors.MissingFileError(
-                f"FID Inception weights not found at {path}: give pytorch-fid's {WEIGHTS_FILE} "
-                f"or the {NPZ_FILE} that `{_CONVERT_HINT}` writes"
-            )
+        path = torch_weights.weights_file(
+            path, NPZ_FILE, f"FID Inception weights not found at {{path}}: give pytorch-fid's "
+            f"{WEIGHTS_FILE} or the {NPZ_FILE} that `{_CONVERT_HINT}` writes")
         model = nnx.eval_shape(lambda: cls(dtype=dtype, rngs=nnx.Rngs(0)))
         if torch_weights.is_npz(path):
             torch_weights.load_npz(model, path, _NPZ_FORMAT,

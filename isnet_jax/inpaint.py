@@ -733,6 +733,7 @@ def run(args: argparse.Namespace) -> int:
 
     compiled = set()
     for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
+        errors.check_interrupted()
         start = time.perf_counter()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
         loaded = [(job, item) for job, item in loaded if item is not None]
@@ -757,6 +758,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     for index, job in enumerate(crops, 1):
+        errors.check_interrupted()
         start = time.perf_counter()
         item = _load(job, inpainter, args.mask_polarity, report)
         if item is None:

@@ -174,6 +174,18 @@ def _variables(module: nnx.Module) -> dict[str, nnx.Variable]:
     }
 
 
+def weights_file(path: str | os.PathLike, npz_name: str, missing: str) -> pathlib.Path:
+    """``path`` itself, or ``path/npz_name`` when it is a folder (what ``convert`` writes);
+    ``errors.MissingFileError`` saying ``missing`` (how to make the file; ``{path}`` in it
+    becomes the path) when there is none."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / npz_name
+    if not path.exists():
+        raise errors.MissingFileError(missing.format(path=path))
+    return path
+
+
 def is_npz(path: pathlib.Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False

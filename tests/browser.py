@@ -114,9 +114,14 @@ def chrome():
 
 
 def wait_for(condition, timeout: float, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:  # the page re-rendered what was found: look again
+            value = None
         if value:
             return value
         time.sleep(0.1)

@@ -449,11 +449,15 @@ def test_ctrl_c_is_one_line_and_status_130_and_the_same_command_finishes(
     assert log.rstrip().splitlines()[-1] == (
         f"interrupted (Ctrl-C); no result in {out} is left half written; the same command "
         "does the rest")
-    if marker.startswith("ignoring"):
-        assert "generator isnet" not in log and not out.exists()
+    if marker.startswith("ignoring") and "generator isnet" not in log:
+        assert not out.exists()  # the signal landed while the model loaded: nothing written
         return
-    done = sorted(out.iterdir())
-    assert 0 < len(done) < count, log[-3000:]
+    # (On a loaded machine this test may read the marker only after the model has loaded: the
+    # signal then lands among the batches, and the rest of the test holds as for "batches".)
+    done = sorted(out.iterdir()) if out.exists() else []
+    assert len(done) < count, log[-3000:]
+    if marker == "batch 1/":
+        assert done, log[-3000:]
     for path in done:
         assert np.asarray(Image.open(path)).shape == (32, 32, 3)  # whole files only
     assert inpaint.main(args) == 0
