@@ -83,6 +83,13 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+def _node(config, key: str):
+    """The ConfigDict that holds the dotted ``key``'s last part."""
+    for part in key.split(".")[:-1]:
+        config = config[part]
+    return config
+
+
 def tiny_config(**overrides):
     """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG, and
     the release's recipe (init, Adam, G's adversarial and feature-matching terms) in place of
@@ -91,26 +98,14 @@ def tiny_config(**overrides):
 
     config = demo.get_config()
     release = default.get_config()
-    config.model.init = release.model.init
-    config.model.init_scale = release.model.init_scale
-    config.beta1 = release.beta1
-    config.loss.adversarial_weight = release.loss.adversarial_weight
-    config.loss.feature_matching_weight = release.loss.feature_matching_weight
-    config.image_size = 32
-    config.batch_size = 2
-    config.num_train_steps = 4
-    config.log_every_steps = 2
-    config.image_every_steps = 0
-    config.checkpoint_every_steps = 2
-    config.eval_every_steps = 0
-    config.data.num_workers = 0
-    config.data.skimage_num_images = 64
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    settings = {key: _node(release, key)[key.rpartition(".")[2]]
+                for key in ("model.init", "model.init_scale", "beta1",
+                            "loss.adversarial_weight", "loss.feature_matching_weight")}
+    settings.update(image_size=32, batch_size=2, num_train_steps=4, log_every_steps=2,
+                    image_every_steps=0, checkpoint_every_steps=2, eval_every_steps=0)
+    settings.update({"data.num_workers": 0, "data.skimage_num_images": 64})
+    for key, value in {**settings, **overrides}.items():
+        _node(config, key)[key.rpartition(".")[2]] = value
     return config
 
 
