@@ -11,10 +11,11 @@ its traceback. The subclasses also derive from the built-in type a Python caller
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 EXIT_USER_ERROR = 2
@@ -55,13 +56,38 @@ def _on_sigint(signum, frame) -> NoReturn:
 
 
 def check_interrupted() -> None:
-    """Raises ``KeyboardInterrupt`` when Ctrl-C came under ``run_cli`` and was lost.
+    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was lost.
 
     Python raises the interrupt wherever the main thread is; inside a garbage-collector or
     weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
     and dropped, and the work would go on. Long loops call this at each step."""
     if _ctrl_c.is_set():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_kept() -> Iterator[None]:
+    """While inside: Ctrl-C raises ``KeyboardInterrupt`` as usual and is also recorded, so
+    ``check_interrupted`` raises it again when Python dropped it in a callback (whose "ignored"
+    report is not printed). From the main thread only; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    unraisable_hook = sys.unraisablehook
+
+    def quiet_lost_interrupt(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            unraisable_hook(unraisable)
+
+    sys.unraisablehook = quiet_lost_interrupt
+    try:
+        yield
+    finally:
+        _ctrl_c.clear()
+        sys.unraisablehook = unraisable_hook
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def run_cli(body: Callable[[], int], interrupted: str) -> int:
@@ -71,25 +97,12 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
     Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
     any other exception is a bug and propagates with its traceback.
     """
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, _on_sigint) if main_thread else None
-    unraisable_hook = sys.unraisablehook
-
-    def quiet_lost_interrupt(unraisable) -> None:  # check_interrupted raises it again
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            unraisable_hook(unraisable)
-
-    sys.unraisablehook = quiet_lost_interrupt
     try:
-        return body()
+        with ctrl_c_kept():
+            return body()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"interrupted (Ctrl-C); {interrupted}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
-    finally:
-        _ctrl_c.clear()
-        sys.unraisablehook = unraisable_hook
-        if main_thread and previous is not None:
-            signal.signal(signal.SIGINT, previous)

@@ -125,14 +125,15 @@ def main(argv: list[str]) -> None:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
     try:
-        if _MODE.value == "train":
-            from isnet_jax import train
+        with errors.ctrl_c_kept():
+            if _MODE.value == "train":
+                from isnet_jax import train
 
-            train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-        else:
-            from isnet_jax import evaluate
+                train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            else:
+                from isnet_jax import evaluate
 
-            evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
+                evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
     except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         _leave(errors.EXIT_USER_ERROR)

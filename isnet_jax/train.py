@@ -343,6 +343,7 @@ class _Loop:
         terminate = preemption.TerminationRequest()
         with metric_writers.ensure_flushes(self.writer), terminate:
             while self.step < config.num_train_steps:
+                errors.check_interrupted()
                 batch = self._next_batch(terminate)
                 if batch is None:
                     break
