@@ -90,6 +90,33 @@ def ctrl_c_kept() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
+@contextlib.contextmanager
+def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
+    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and ``check_interrupted``
+    raises it at the loop's next safe point; a second one raises at once.
+
+    For loops whose steps must not be cut in half: a training step donates its input state, so
+    an interrupt between the call and the assignment of its result would leave no state to
+    save. Inside ``ctrl_c_kept``; from the main thread only."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum, frame) -> None:
+        if _ctrl_c.is_set():
+            raise KeyboardInterrupt
+        _ctrl_c.set()
+        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_cli(body: Callable[[], int], interrupted: str) -> int:
     """Runs a command-line tool's work and returns its exit status.
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -449,9 +450,18 @@ def create_train_dataset(
             grain.MultiprocessingOptions(
                 num_workers=config.data.num_workers,
                 per_worker_buffer_size=config.data.prefetch_buffer_size,
-            )
+            ),
+            worker_init_fn=_leave_ctrl_c_to_the_trainer,
         )
     return it_ds.map(_to_float)
+
+
+def _leave_ctrl_c_to_the_trainer(worker_index: int, worker_count: int) -> None:
+    """A terminal's Ctrl-C reaches the data workers too. They ignore it: the training process
+    finishes its step, saves (the data position included) and closes the iterator, which ends
+    the workers and frees their shared memory. Killed by it, each would print a traceback and
+    leave its buffers for the resource tracker to complain about."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def create_train_iterator(

@@ -245,6 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise
     finally:
         mngr.wait_until_finished()
+        train_iter.close()  # grain's workers and shared memory go now: a run may end in os._exit
     mngr.close()
     logging.info("Done: step %d. Checkpoints in %s.", loop.step, mngr.directory)
     return loop.last
@@ -341,7 +342,9 @@ class _Loop:
         window, guard, fixed_batch = None, None, None
         self.data_seconds, self.window_start, self.skipped_images = 0.0, time.perf_counter(), 0
         terminate = preemption.TerminationRequest()
-        with metric_writers.ensure_flushes(self.writer), terminate:
+        # Ctrl-C (one process) stops between steps: a step cut in half has donated its state.
+        with metric_writers.ensure_flushes(self.writer), terminate, errors.ctrl_c_deferred(
+                jax.process_count() == 1):
             while self.step < config.num_train_steps:
                 errors.check_interrupted()
                 batch = self._next_batch(terminate)
@@ -380,10 +383,11 @@ class _Loop:
             with self.progress.timed("data", wait_jax_async_dispatch=False):
                 batch = next(self.train_iter)
         except Exception:
+            # Ctrl-C in a terminal and a SIGTERM to the whole process group (SLURM does that)
+            # also stop grain's worker processes; the state of the last step is still whole.
+            errors.check_interrupted()
             if not terminate.received:
                 raise
-            # A SIGTERM to the whole process group (SLURM does that) also stops grain's
-            # worker processes; the state of the last step is still whole.
             self.keep_progress("The data workers stopped with the SIGTERM")
             return None
         self.data_seconds += time.perf_counter() - start
@@ -438,6 +442,11 @@ class _Loop:
     def keep_progress(self, why: str) -> None:
         """Saves the last completed step unless it is saved: the next run resumes from it."""
         if self.step > self.first_step and self.mngr.latest_step() != self.step:
+            if any(x.is_deleted() for x in jax.tree.leaves(self.state)):  # cut inside a step
+                logging.warning("%s inside step %d, whose input state was donated to it: "
+                                "nothing newer than step %s can be saved.", why, self.step + 1,
+                                self.mngr.latest_step())
+                return
             logging.warning("%s at step %d: saving a checkpoint before stopping.", why, self.step)
             checkpoint.save_train_state(self.mngr, self.state, self.train_iter, self.config)
 

@@ -149,9 +149,11 @@ def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     return result
 
 
-def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600, **kwargs):
+def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600,
+                whole_group: bool = False, **kwargs):
     """Starts ``cmd`` (its own process group), waits for ``marker`` in its output, sends it
-    ``sig`` and waits for the end. Returns ``(process, whole output)``; nothing of the command
+    ``sig`` (to its whole process group if ``whole_group``, as a terminal's Ctrl-C goes) and
+    waits for the end. Returns ``(process, whole output)``; nothing of the command
     outlives this (data workers included)."""
     import signal
     import subprocess
@@ -167,7 +169,10 @@ def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600, 
             log.append(line)
             if marker in line or time.monotonic() > deadline:
                 break
-        proc.send_signal(sig)
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=300)
     finally:
         try:

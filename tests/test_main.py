@@ -157,17 +157,21 @@ def test_a_failed_start_leaves_no_workdir(tmp_path):
     assert not workdir.exists()
 
 
-def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path, num_workers):
+    """A terminal's Ctrl-C reaches the whole process group, grain's data workers included."""
     workdir = tmp_path / "run"
     proc, log = start_until(
         [sys.executable, "-m", "isnet_jax.main", f"--workdir={workdir}", *_TINY,
          "--config.num_train_steps=100000", "--config.log_every_steps=1",
-         "--config.checkpoint_every_steps=100000"],
-        "step 2/100000", signal.SIGINT,
+         "--config.checkpoint_every_steps=100000", f"--config.data.num_workers={num_workers}"],
+        "step 2/100000", signal.SIGINT, whole_group=True,
     )
     assert proc.returncode == 130, log[-3000:]
     assert "Traceback" not in log
     assert log.rstrip().splitlines()[-1].startswith("interrupted (Ctrl-C)")
+    # The step in flight finishes (it has donated its input state), then the run saves.
+    assert "Ctrl-C: stopping after the current step" in log
     assert checkpoint.all_steps(workdir)[-1] >= 2
 
 
