@@ -98,25 +98,16 @@ class Trainer:
         self.predict = jax.jit(self._predict, out_shardings=self.batch_sharding)
 
     def init_state(self) -> dict[str, Any]:
-        """A freshly initialised training state, new arrays on every call.
-
-        The training step donates its input state, so a state must not be used twice; each
-        call here gives arrays of their own (the init program is compiled once).
-        """
+        """A freshly initialised state, new arrays on every call (the step donates its input:
+        a state must not be used twice). The init program is compiled once."""
         return self._init()
 
     def read_weights(self, source: str) -> dict[str, nnx.State]:
-        """G's and D's weights and spectral-norm vectors from ``source``, as train-state entries.
-
-        ``source`` (``config.init_from``): a folder written by ``python -m isnet_jax.convert``
-        (the official weights) or a training workdir, its latest step or ``DIR@STEP``. Returns
-        ``{"g_params", "g_spectral"}`` and, when the source has a discriminator,
-        ``{"d_params", "d_spectral"}``: merged into ``init_state()``, a fine-tuning run starts
-        at step 0 with fresh Adam moments. A source without a discriminator (converted without
-        ``--discriminator``) leaves D as initialised, with a warning. Raises
-        ``FileNotFoundError`` / ``ValueError`` naming the file (and key) when the source does
-        not fit this config's model.
-        """
+        """``{"g_params", "g_spectral"[, "d_params", "d_spectral"]}`` from ``source``
+        (``config.init_from``: a ``convert`` folder, a workdir or ``DIR@STEP``); merged into
+        ``init_state()``, a fine-tuning run starts at step 0 with fresh Adam moments. Without a
+        discriminator in the source D stays as initialised (with a warning). Raises
+        ``FileNotFoundError`` / ``ValueError`` naming the file (and key) on a mismatch."""
         path, step = checkpoint.split_step(source)
         g, d, meta = checkpoint.restore_models(
             path, step, expect=(self.config.model.generator, self.config.model.blocks),
