@@ -446,20 +446,20 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, config) -> bool:
 
 
 def restore_train_state(
-    mngr: ocp.CheckpointManager, step: int, abstract_state: dict, shardings: dict, data_iterator
+    mngr: ocp.CheckpointManager, step: int, abstract_state: dict, data_iterator
 ) -> dict[str, Any]:
-    """Restores every item of ``step`` into the structure of ``abstract_state`` (and the data
-    iterator's position into ``data_iterator`` unless it is None)."""
+    """Restores every item of ``step`` into the structure and shardings of ``abstract_state``
+    (``abstract_tree``'s leaves), and the data iterator's position into ``data_iterator``
+    unless it is None."""
     import grain
 
     targets = {
-        G_OPT: abstract_tree(abstract_state["g_opt"], shardings["g_opt"]),
-        D_OPT: abstract_tree(abstract_state["d_opt"], shardings["d_opt"]),
-        STEP: {"step": abstract_tree(abstract_state["step"], shardings["step"])},
+        G_OPT: abstract_state["g_opt"],
+        D_OPT: abstract_state["d_opt"],
+        STEP: {"step": abstract_state["step"]},
     }
     for item, keys in _MODEL_ITEMS.items():
-        abstract = {k: abstract_tree(abstract_state[k], shardings[k]) for k in keys}
-        targets[item] = _model_dict(abstract, item)
+        targets[item] = _model_dict({k: abstract_state[k] for k in keys}, item)
     args = {k: ocp.args.StandardRestore(v) for k, v in targets.items()}
     if data_iterator is not None:
         args[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)

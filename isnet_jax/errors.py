@@ -48,15 +48,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 _ctrl_c = threading.Event()
+_deferring = threading.Event()
 
 
-def _on_sigint(signum, frame) -> NoReturn:
+def _on_sigint(signum, frame) -> None:
+    if _deferring.is_set() and not _ctrl_c.is_set():
+        _ctrl_c.set()
+        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+        return
     _ctrl_c.set()
     raise KeyboardInterrupt
 
 
 def check_interrupted() -> None:
-    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was lost.
+    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was deferred
+    or lost.
 
     Python raises the interrupt wherever the main thread is; inside a garbage-collector or
     weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
@@ -92,29 +99,28 @@ def ctrl_c_kept() -> Iterator[None]:
 
 @contextlib.contextmanager
 def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
-    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and ``check_interrupted``
-    raises it at the loop's next safe point; a second one raises at once.
+    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and
+    ``check_interrupted`` raises it at the loop's next safe point; a second one raises at once.
 
     For loops whose steps must not be cut in half: a training step donates its input state, so
     an interrupt between the call and the assignment of its result would leave no state to
-    save. Inside ``ctrl_c_kept``; from the main thread only."""
+    save. Outside ``ctrl_c_kept`` (a Python caller) it installs the same handler itself."""
     if not enabled or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def record(signum, frame) -> None:
-        if _ctrl_c.is_set():
-            raise KeyboardInterrupt
-        _ctrl_c.set()
-        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
-              file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, record)
+    previous = signal.getsignal(signal.SIGINT)
+    own = previous is not _on_sigint
+    if own:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _deferring.set()
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        _deferring.clear()
+        if own:
+            _ctrl_c.clear()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
 
 def run_cli(body: Callable[[], int], interrupted: str) -> int:

@@ -127,14 +127,6 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: pathlib.Path) -> np.ndarray:
-    """Any PIL-readable image as uint8 (H, W, 3): alpha dropped, grey/palette expanded,
-    16-bit reduced to 8 bits. Raises ``InputError`` naming a file it cannot read."""
-    return _decoded(
-        path, "image", lambda image: np.asarray(_upright(image).convert("RGB"), dtype=np.uint8)
-    )
-
-
 def load_image(path: pathlib.Path) -> np.ndarray:
     """Any PIL-readable image as uint8 in the layout its result is written in: (H, W) for grey
     images (16-bit and float reduced to 8 bits), (H, W, 4) for images with transparency,
@@ -736,21 +728,23 @@ def run(args: argparse.Namespace) -> int:
         errors.check_interrupted()
         start = time.perf_counter()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
-        loaded = [(job, item) for job, item in loaded if item is not None]
+        # (job, image as read, its RGB view, known): the view once per image, for both ends.
+        loaded = [(job, item[0], _rgb_view(item[0]), item[1])
+                  for job, item in loaded if item is not None]
         if not loaded:
             continue
-        inputs = [inpainter.prepare(_rgb_view(image), known, mode) for _, (image, known) in loaded]
+        inputs = [inpainter.prepare(rgb, known, mode) for _, _, rgb, known in loaded]
         # Fill a short batch with copies: every batch of a bucket has one shape, one compile.
         inputs += [inputs[0]] * (size - len(inputs))
         predictions = inpainter.predict(
             np.stack([x for x, _ in inputs]), np.stack([k for _, k in inputs])
         )
-        for (job, (image, known)), prediction in zip(loaded, predictions, strict=False):
-            filled = inpainter.finish(prediction, _rgb_view(image), known, mode)
+        for (job, image, rgb, known), prediction in zip(loaded, predictions, strict=False):
+            filled = inpainter.finish(prediction, rgb, known, mode)
             _write(job, _restore_layout(filled, image, known), args.overwrite, report)
         note = "" if (*shape, size) in compiled else ", including compilation"
         compiled.add((*shape, size))
-        names = ", ".join(job.image.name for job, _ in loaded)
+        names = ", ".join(job.image.name for job, *_ in loaded)
         print(
             f"batch {index}/{len(batches)}: {len(loaded)} image(s), {mode} mode at "
             f"{shape[1]}x{shape[0]}, in {time.perf_counter() - start:.2f} s{note}: {names}",

@@ -140,8 +140,6 @@ class Networks:
     vgg_layers: tuple[str, ...] = ()
 
 
-
-
 def compute_terms(nets: Networks, g_vars, d_vars, vgg_state, image, mask, *,
                   gan_type: str = "hinge", train: bool = True):
     """Unweighted loss terms of one step, as the release's ``process()`` computes them.

@@ -25,6 +25,7 @@ from etils import epath
 from flax import nnx, traverse_util
 
 from isnet_jax import checkpoint, errors, losses, models, optim, preemption, sharding, sheets
+from isnet_jax import metrics as image_metrics
 from isnet_jax.models.layers import SpectralState
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ class Trainer:
         replicated = sharding.replicated(mesh)
 
         def init():
-            g, d, _ = models.build_networks(config, with_vgg=False)
+            g, d = models.build_networks(config)
             _, g_params, g_spectral = split_module(g)
             _, d_params, d_spectral = split_module(d)
             return {"step": jnp.zeros((), jnp.int32),
@@ -73,7 +74,7 @@ class Trainer:
         # into the abstract state instead) from one compiled program that writes them straight
         # to their shardings (eager init would compile every small initialiser, and could not
         # place arrays on other hosts' devices).
-        g, d, _ = nnx.eval_shape(lambda: models.build_networks(config, with_vgg=False))
+        g, d = models.abstract_networks(config)
         abstract = jax.eval_shape(init)
         self.state_sharding = jax.tree.map(lambda _: replicated, abstract)
         self.abstract_state = checkpoint.abstract_tree(abstract, self.state_sharding)
@@ -176,12 +177,13 @@ class Trainer:
             "nonfinite_terms": jnp.sum(jnp.where(jnp.isfinite(values), 0,
                                                  2 ** jnp.arange(len(values)))),
         }
-        comp = pred * (1.0 - mask) + image * mask
+        comp = image_metrics.composite(pred, image, mask)
         mse = jnp.mean(jnp.square(comp - image), axis=(1, 2, 3))
         step_metrics = TrainMetrics.single_from_model_output(
             **terms, g_loss=g_loss,
+            # Unquantised, unlike the evaluation's PSNR: a training-progress signal.
             train_psnr=jnp.mean(10.0 * jnp.log10(1.0 / jnp.maximum(mse, 1e-10))),
-            train_l1_percent=100.0 * jnp.mean(jnp.abs(comp - image)),
+            train_l1_percent=jnp.mean(image_metrics.l1_percent(image, comp)),
             hole_fraction=jnp.mean(1.0 - mask),
             skipped_update=1.0 - (g_opt.last_finite & d_opt.last_finite).astype(jnp.float32),
         )
@@ -264,8 +266,7 @@ def _restore_or_start(config, trainer: Trainer, mngr, train_iter) -> dict[str, A
         try:
             with_position = checkpoint.check_resumable(mngr, step, config)
             state = checkpoint.restore_train_state(
-                mngr, step, trainer.abstract_state, trainer.state_sharding,
-                train_iter if with_position else None)
+                mngr, step, trainer.abstract_state, train_iter if with_position else None)
         except checkpoint.DamagedCheckpointError as e:
             # Set aside, not deleted: the run saves this step again, and a person may want to
             # look at what went wrong.

@@ -323,13 +323,14 @@ class StepBenchmark:
         rec["generator_images_per_s"] = batch / rec["generator_forward_s"]
         rec["achieved_flop_per_s"] = rec["flops_per_step"] / rec["train_step_s"]
         rec["generator_achieved_flop_per_s"] = rec["generator_flops"] / rec["generator_forward_s"]
+        # Read before the matrix-product probe, whose operands are not the step's memory.
+        rec["peak_memory_bytes"], rec["peak_memory_source"] = peak_memory()
         peak, size = measure_matmul_peak(jnp.dtype(self.config.compute_dtype))
         rec["matmul_flop_per_s"], rec["matmul_size"] = peak, size
         rec["utilization"] = rec["achieved_flop_per_s"] / peak
         rec["generator_utilization"] = rec["generator_achieved_flop_per_s"] / peak
         if self.parts is not None:
             rec["parts"] = self.parts
-        rec["peak_memory_bytes"], rec["peak_memory_source"] = peak_memory()
         rec["load_average"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         _log(
             f"Training step {rec['train_step_s']:.3f} s ({rec['images_per_s']:.2f} images/s, "

@@ -3,11 +3,17 @@
 Generators by config name (``config.model.generator``): ``isnet`` -> ``Generator``, and Table 1's
 ablations ``basemodel`` -> ``BaseModel``, ``basemodel_ff`` -> ``BaseModelFF``, ``unet`` ->
 ``UNetGenerator``. Each is ``Name(blocks=4, *, dtype=float32, remat=False, rngs=...)``.
-``build_networks(config)`` gives the initialised G and D (and VGG19) a config describes.
+``build_networks(config)`` gives the initialised G and D a config describes, ``load_vgg`` its VGG19.
 """
 
 from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
-from isnet_jax.models.build import build_networks, compute_dtype, load_vgg, uses_vgg
+from isnet_jax.models.build import (
+                                    abstract_networks,
+                                    build_networks,
+                                    compute_dtype,
+                                    load_vgg,
+                                    uses_vgg,
+)
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
@@ -24,6 +30,7 @@ __all__ = [
     "SpectralState",
     "UNetGenerator",
     "VGG19",
+    "abstract_networks",
     "build_networks",
     "compute_dtype",
     "count_params",

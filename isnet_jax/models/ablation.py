@@ -207,8 +207,6 @@ class UNetGenerator(nnx.Module):
         ])
         self.final = Conv(64, 3, 7, **kw)  # after a reflection pad of 3
         # One per encoder and decoder conv, in call order; no parameters, nothing to save.
-        # init_weights numbers modules in attribute-name order to draw each conv's key:
-        # "norms" sorts after every conv, so the norms left each seed's initial weights as before.
         self.norms = nnx.List([instance_norm(c, dtype=dtype, rngs=rngs)
                                for c in (64, 128, 256, 512, 256, 128, 64)])
 

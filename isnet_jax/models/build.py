@@ -28,31 +28,30 @@ def uses_vgg(config: ml_collections.ConfigDict) -> bool:
     return config.loss.perceptual_weight != 0 or config.loss.style_weight != 0
 
 
-def build_networks(
-    config: ml_collections.ConfigDict, seed: int | None = None, *, with_vgg: bool = True
-):
-    """``(generator, discriminator, vgg_or_None)`` as NNX modules with float32 parameters.
+def build_networks(config: ml_collections.ConfigDict) -> tuple[nnx.Module, nnx.Module]:
+    """``(generator, discriminator)`` as NNX modules with float32 parameters, initialised as
+    ``config.model.init`` says (the release's scheme by default, as its
+    ``BaseNetwork.init_weights``) from ``config.seed``."""
+    rngs = nnx.Rngs(config.seed)
+    g, d = (init_weights(m, config.model.init, config.model.init_scale, rngs=rngs)
+            for m in abstract_networks(config))
+    return g, d
 
-    G and D are initialised as ``config.model.init`` says (the release's scheme by default,
-    as its ``BaseNetwork.init_weights``). VGG19 (when the perceptual or style loss is on and
-    ``with_vgg``) comes from ``config.loss.vgg_weights``: missing weights stop the run rather
-    than silently giving random VGG features.
-    """
-    rngs = nnx.Rngs(config.seed if seed is None else seed)
+
+def abstract_networks(config: ml_collections.ConfigDict) -> tuple[nnx.Module, nnx.Module]:
+    """``(generator, discriminator)`` with the structure ``config`` describes and abstract
+    values: what ``init_weights`` fills, or a checkpoint restores into. The constructors' own
+    draws would only be thrown away (and lengthen the initialiser's compilation)."""
     dtype = compute_dtype(config)
-    # Built abstractly, then every weight drawn by init_weights: the constructors' own draws
-    # would only be thrown away (and would lengthen the initialiser's compilation).
     g = nnx.eval_shape(lambda: registry.create_generator(
         config.model.generator, config.model.blocks, dtype=dtype, remat=config.remat,
         rngs=nnx.Rngs(0)))
-    d = nnx.eval_shape(lambda: Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
-    g, d = (init_weights(m, config.model.init, config.model.init_scale, rngs=rngs)
-            for m in (g, d))
-    return g, d, load_vgg(config) if with_vgg and uses_vgg(config) else None
+    return g, nnx.eval_shape(lambda: Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
 
 
 def load_vgg(config: ml_collections.ConfigDict) -> nnx.Module:
-    """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``."""
+    """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``: missing
+    weights stop the run rather than silently giving random VGG features."""
     path = config.loss.vgg_weights
     if not path:
         raise errors.MissingFileError(

@@ -86,9 +86,7 @@ class BilinearUp:
     """Parameter-free up-sampling by ``factor`` (the ablation's ``nn.Upsample(mode='bilinear')``),
     optionally after an activation (BaseModel's LeakyReLU ahead of it).
 
-    Static configuration, not an ``nnx.Module``: it has nothing to train or save, and
-    ``init_weights`` numbers modules to draw each conv's key, so one more module would change
-    the initial weights that every seed gave before.
+    Static configuration, not an ``nnx.Module``: it has nothing to train or save.
     """
 
     factor: int

@@ -275,9 +275,5 @@ def init_weights(
 
 def _split_draw(flat: jax.Array, shapes: list[tuple[int, ...]]) -> list[jax.Array]:
     """Consecutive pieces of one 1-D draw, reshaped to ``shapes``."""
-    pieces, start = [], 0
-    for shape in shapes:
-        size = math.prod(shape)
-        pieces.append(flat[start:start + size].reshape(shape))
-        start += size
-    return pieces
+    bounds = np.cumsum([math.prod(shape) for shape in shapes])[:-1]
+    return [x.reshape(shape) for x, shape in zip(jnp.split(flat, bounds), shapes, strict=True)]
