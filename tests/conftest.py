@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import re
 import shutil
 import tarfile
 import tempfile
+import uuid
 
 import pytest
 
@@ -69,6 +71,24 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
     generator = Generator(1, rngs=nnx.Rngs(0))
     checkpoint.write_models(directory, 0, checkpoint.generator_meta("isnet", 1, "test"), generator)
     return directory
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A local Cloud Storage bucket (``isnet_jax.gcs_emulator``) for the whole session, with
+    its variables set in ``os.environ`` (subprocesses inherit them). ``gcs.path("x")`` is
+    ``gs://isnet-test/x``; ``gcs.env`` the variables alone."""
+    from isnet_jax import gcs_emulator
+
+    with gcs_emulator.Emulator("isnet-test") as emulator, gcs_emulator.exported(emulator):
+        yield emulator
+
+
+@pytest.fixture
+def gs_dir(gcs, request) -> str:
+    """A fresh ``gs://`` folder of the session's emulated bucket, one per test."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    return gcs.path(f"{name}-{uuid.uuid4().hex[:8]}")
 
 
 def pytest_configure(config):

@@ -1,0 +1,185 @@
+"""A local Cloud Storage bucket: ``gcp-storage-emulator`` on 127.0.0.1, for tests and rehearsals.
+
+    with gcs_emulator.Emulator(bucket="isnet") as emulator:
+        env = dict(os.environ, **emulator.env)   # for subprocesses, or
+        emulator.export()                        # for this process (before any client starts)
+        ... python -m isnet_jax.main --workdir=gs://isnet/run ...
+
+Only the clients' standard variables point them at it, so what runs here runs unchanged
+against a real bucket:
+
+  TENSORSTORE_GCS_HTTP_URL, GOOGLE_AUTH_TOKEN_FOR_TESTING   TensorStore (Orbax's array I/O)
+  STORAGE_EMULATOR_HOST, EPATH_USE_TF=false                 etils.epath through fsspec/gcsfs
+                                                            (Orbax's metadata, TFDS, our files)
+  GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false                   gcsfs: skip the bucket-type probe
+                                                            (a gRPC API the emulator lacks;
+                                                            else one warning per file access)
+
+TensorFlow's own GCS client (``tf.io.gfile``) has a fixed endpoint and cannot be pointed at
+an emulator. The emulator keeps its objects on disk in ``data_dir``, so ``stop()`` then
+``start()`` (same port) is a bucket outage that loses nothing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+_START_TIMEOUT_S = 30.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Runs the emulator's CLI in the child. On Linux it first asks for SIGTERM when the process
+# that started it dies (PR_SET_PDEATHSIG), even by kill -9, so no emulator outlives a killed
+# test run or rehearsal; elsewhere atexit and stop() are all there is. (A preexec_fn would do
+# the same but makes subprocess fork the multithreaded JAX process instead of vfork-exec.)
+_LAUNCHER = """
+import ctypes, os, runpy, signal, sys
+if sys.platform.startswith("linux"):
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+    if os.getppid() != int(sys.argv[1]):
+        sys.exit(0)
+sys.argv = ["gcp-storage-emulator"] + sys.argv[2:]
+runpy.run_module("gcp_storage_emulator", run_name="__main__")
+"""
+
+
+class Emulator:
+    """One ``gcp-storage-emulator`` subprocess serving ``bucket`` on 127.0.0.1.
+
+    ``data_dir``: where the objects live (default: a temporary folder removed by ``close()``).
+    ``port``: default a free one, kept across ``stop()``/``start()``.
+    """
+
+    def __init__(self, bucket: str = "isnet", *, data_dir: str | os.PathLike | None = None,
+                 port: int | None = None) -> None:
+        self.bucket = bucket
+        self.port = port or _free_port()
+        self._own_dir = data_dir is None
+        self.data_dir = str(data_dir or tempfile.mkdtemp(prefix="isnet_gcs_emulator_"))
+        self._process: subprocess.Popen | None = None
+        self._log: Any = None
+        atexit.register(self.close)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The variables that point TensorStore and etils.epath (gcsfs) at this emulator."""
+        return {
+            "TENSORSTORE_GCS_HTTP_URL": self.url,
+            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",
+            "STORAGE_EMULATOR_HOST": self.url,
+            "EPATH_USE_TF": "false",
+            "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        }
+
+    def path(self, *parts: str) -> str:
+        """``gs://BUCKET/part/...``."""
+        return "/".join([f"gs://{self.bucket}", *parts])
+
+    def export(self) -> None:
+        """Sets ``env`` in this process's ``os.environ``. Clients read them when first used
+        (gcsfs caches its file system per endpoint), so call this before touching gs://."""
+        os.environ.update(self.env)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> Emulator:
+        """Starts the emulator (creating the bucket if new) and waits until it answers."""
+        if self.running:
+            return self
+        log_path = os.path.join(self.data_dir, "emulator.log")
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(os.getpid()), "--data-dir", self.data_dir,
+             "start",
+             "--host", "127.0.0.1", "--port", str(self.port),
+             "--default-bucket", self.bucket, "--quiet"],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            # Its own session: a terminal's Ctrl-C reaches only us, and stop() ends it in order.
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while True:
+            if self._process.poll() is not None:
+                self._close_log()
+                with open(log_path, errors="replace") as f:
+                    tail = f.read()[-2000:]
+                raise RuntimeError(
+                    f"gcp-storage-emulator exited with status {self._process.returncode} on "
+                    f"port {self.port} (log {log_path}):\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.bucket}", timeout=2):
+                    return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"gcp-storage-emulator did not answer on {self.url} within "
+                        f"{_START_TIMEOUT_S:.0f} s (log {log_path})") from None
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        """Stops the emulator (SIGTERM, then SIGKILL after 10 s); the objects stay on disk."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._close_log()
+
+    def close(self) -> None:
+        """Stops the emulator and removes its objects if it made the data folder itself."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        atexit.unregister(self.close)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()  # also on KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def exported(emulator: Emulator):
+    """``emulator.env`` set in ``os.environ`` for the block, the previous values restored."""
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    emulator.export()
+    try:
+        yield emulator
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
