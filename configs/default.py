@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     # source "skimage": records per epoch, and the smallest random crop (fraction of the
     # photo's shorter side) before the resize to image_size.
     config.data.skimage_num_images = 1000
+    # source "skimage": the photos held out as the eval split (comma-separated names of
+    # input_pipeline.SKIMAGE_PHOTOS); every other photo trains, and no crop of these ever does.
+    config.data.skimage_eval_photos = "chelsea,coffee,rocket"
     config.data.random_crop_min = 0.3
 
     config.masks = ml_collections.ConfigDict()

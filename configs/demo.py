@@ -34,6 +34,8 @@ def get_config():
     config.loss.perceptual_weight = 0.0
     config.loss.style_weight = 0.0
     config.data.source = "skimage"
+    # Evaluated on crops of these photos only; the other 11 bundled photos train.
+    config.data.skimage_eval_photos = "chelsea,coffee,rocket"
     config.data.num_workers = 0
     config.masks.mode = "procedural"
     config.log_every_steps = 50

@@ -58,6 +58,15 @@ OTHER_ROWS = (
 )
 
 
+def eval_set_name(config: ml_collections.ConfigDict) -> str:
+    """What the table evaluates, for its title: the split, or the held-out skimage photos."""
+    data = config.data
+    if data.source == "skimage":
+        _, photos = input_pipeline.skimage_split(data.skimage_eval_photos)
+        return f"skimage, held-out photos {', '.join(photos)}"
+    return f"{data.name if data.source == 'tfds' else data.source} ({data.eval_split})"
+
+
 def band_label(band: tuple[float, float] | None) -> str:
     return "all" if band is None else f"{round(band[0] * 100)}-{round(band[1] * 100)}%"
 
@@ -291,8 +300,7 @@ def evaluate_checkpoint(
     results = evaluate_bands(config, g_def, g_state, mesh, config.eval.num_images_final,
                              perceptual_metrics=perceptual_metrics, sheet_images=sheet_images)
 
-    data = config.data.name if config.data.source == "tfds" else config.data.source
-    title = f"{data} ({config.data.eval_split}), step {meta['step']}"
+    title = f"{eval_set_name(config)}, step {meta['step']}"
     note = "\n".join(x for x in [perceptual_metrics.not_computed(),
                                   *(f"Note: {f}." for f in perceptual_metrics.fallbacks)] if x)
     table = markdown_table(results, title, perceptual_metrics.lpips_net, note)

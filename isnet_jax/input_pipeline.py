@@ -21,7 +21,9 @@ Batches are dicts of numpy arrays, per host (B_host = global batch // process co
 ``to_global`` turns them into global ``jax.Array``s with the training mesh's sharding.
 Sources (``config.data.source``): "tfds" (ArrayRecord through ``tfds.data_source``), "folder"
 (recursive jpg/png/webp), "flist" (the release's text files, one path per line) and "skimage"
-(scikit-image's bundled photographs, random crops of random size; offline, for demos).
+(scikit-image's bundled photographs, random crops of random size; offline, for demos: the
+photos named in ``config.data.skimage_eval_photos`` are the eval split, never cropped for
+training).
 """
 
 from __future__ import annotations
@@ -180,40 +182,76 @@ class FileImages:
 
 
 @functools.cache
-def _skimage_photos() -> tuple[Image.Image, ...]:
+def _skimage_photo(name: str) -> Image.Image | None:
+    """One of scikit-image's bundled photos as RGB, or None when it cannot be had offline."""
     import skimage.data
 
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        try:
-            photo = getattr(skimage.data, name)()
-        except Exception as e:  # noqa: BLE001 - a photo that needs a download is left out
-            logging.info("skimage photo %s unavailable offline (%s): left out", name, e)
-            continue
-        photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pair: left view
-        photos.append(_to_rgb(Image.fromarray(np.asarray(photo))))
+    try:
+        photo = getattr(skimage.data, name)()
+    except Exception as e:  # noqa: BLE001 - a photo that needs a download is left out
+        logging.info("skimage photo %s unavailable offline (%s): left out", name, e)
+        return None
+    photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pair: left view
+    return _to_rgb(Image.fromarray(np.asarray(photo)))
+
+
+def _skimage_photos() -> tuple[Image.Image, ...]:
+    """Every bundled photo that loads offline (for benchmarks that need photo-like pixels)."""
+    photos = tuple(p for p in map(_skimage_photo, SKIMAGE_PHOTOS) if p is not None)
     if not photos:
         raise errors.MissingFileError("no scikit-image sample photo could be loaded offline")
-    return tuple(photos)
+    return photos
+
+
+def skimage_split(eval_photos: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(train, eval)`` photo names for source "skimage": the photos named in
+    ``config.data.skimage_eval_photos`` (comma-separated) are held out, every other bundled
+    photo trains; each photo that loads offline is in exactly one of the two, one that does not
+    load is in neither. A photo is split as a whole: no crop of an eval photo is ever trained on.
+    """
+    names = tuple(dict.fromkeys(n.strip() for n in eval_photos.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SKIMAGE_PHOTOS]
+    if unknown or not names or len(names) == len(SKIMAGE_PHOTOS):
+        why = (f"{', '.join(unknown)} not among them" if unknown else
+               "none named" if not names else "every photo named: none left to train on")
+        raise errors.ConfigError(
+            f"config.data.skimage_eval_photos={eval_photos!r}: name the held-out photos, "
+            f"comma-separated, among {', '.join(SKIMAGE_PHOTOS)} ({why})"
+        )
+    split = (tuple(n for n in SKIMAGE_PHOTOS if n not in names), names)
+    loaded = tuple(tuple(n for n in part if _skimage_photo(n) is not None) for part in split)
+    for asked, got, role in zip(split, loaded, ("training", "evaluation"), strict=True):
+        if not got:
+            raise errors.MissingFileError(
+                f"none of the scikit-image photos for {role} ({', '.join(asked)}) could be "
+                "loaded offline: check the scikit-image install"
+            )
+    return loaded
 
 
 class SkimagePhotos:
-    """``length`` records cycling through scikit-image's bundled photos; the random crop of
-    random size is made in the map, so every record is a different training image."""
+    """``length`` records cycling through some of scikit-image's bundled photos (a record is
+    the photo's name); the random crop of random size is made in the map, so every record is a
+    different image."""
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, photos: Sequence[str], held_out: Sequence[str] = ()) -> None:
         if length <= 0:
             raise errors.ConfigError(
                 f"config.data.skimage_num_images must be positive, got {length}"
             )
         self.length = length
-        self.description = f"{length} random crops of scikit-image's sample photos"
+        self.photos = tuple(photos)
+        self.description = (
+            f"{length} random crops of scikit-image's photos {', '.join(self.photos)}"
+            + (f" ({', '.join(held_out)} held out for evaluation)" if held_out else
+               " (held out: never cropped for training)")
+        )
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, index: int) -> int:
-        return index % len(SKIMAGE_PHOTOS)
+    def __getitem__(self, index: int) -> str:
+        return self.photos[index % len(self.photos)]
 
 
 def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
@@ -236,7 +274,11 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
             )
         source = FileImages(path)  # either accepts a folder or a .flist
     elif data.source == "skimage":
-        source = SkimagePhotos(data.skimage_num_images)
+        train_photos, eval_photos = skimage_split(data.skimage_eval_photos)
+        if train:
+            source = SkimagePhotos(data.skimage_num_images, train_photos, eval_photos)
+        else:
+            source = SkimagePhotos(data.skimage_num_images, eval_photos)
     else:
         raise errors.ConfigError(
             f"unknown config.data.source {data.source!r}: use tfds, folder, flist or skimage"
@@ -251,7 +293,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
 
 def _read(source: Sequence[Any], record: Any, size: int) -> Image.Image:
     if isinstance(source, SkimagePhotos):
-        return _skimage_photos()[record % len(_skimage_photos())]
+        return _skimage_photo(record)
     return decode_image(record, min_size=size)
 
 

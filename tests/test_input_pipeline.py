@@ -16,6 +16,7 @@ from configs import default
 from isnet_jax import input_pipeline, masks
 
 SIZE = 32
+SKIMAGE = input_pipeline.SKIMAGE_PHOTOS
 GOOD = 8  # readable images in the folder fixture (see `image_folder`)
 BAD = ("zero.jpg", "truncated.jpg", "corrupt.png")
 
@@ -250,6 +251,50 @@ def test_skimage_source_gives_varied_crops():
     images = batch["image"].reshape(4, -1)
     assert len({row.tobytes() for row in images}) == 4
     assert np.all(batch["mask"].mean(axis=(1, 2, 3)) == 0.75)  # block mask: hole = block
+
+
+def test_skimage_split_holds_out_whole_photos(monkeypatch):
+    """Every bundled photo is replaced by a flat image of its own colour, so each crop's pixels
+    say which photo it was cut from: no training crop may come from a held-out photo, and every
+    photo that loads is in exactly one set (one that does not load, in neither)."""
+    import skimage.data
+
+    colours = {name: (10 * i, 250 - 10 * i, 128) for i, name in enumerate(SKIMAGE)}
+    for name, colour in colours.items():
+        flat = np.full((48, 40, 3), colour, np.uint8)
+        monkeypatch.setattr(skimage.data, name, lambda flat=flat: flat)
+
+    def unavailable():
+        raise OSError("needs a download")
+
+    monkeypatch.setattr(skimage.data, "retina", unavailable)
+    input_pipeline._skimage_photo.cache_clear()
+    try:
+        config = _config(source="skimage", skimage_num_images=60,
+                         skimage_eval_photos="chelsea, coffee,rocket")
+        config.masks.mode = "block"
+        train_photos, eval_photos = input_pipeline.skimage_split(config.data.skimage_eval_photos)
+        assert eval_photos == ("chelsea", "coffee", "rocket")
+        assert set(train_photos) == set(SKIMAGE) - {"chelsea", "coffee", "rocket", "retina"}
+
+        def photos_of(batches):
+            found = []
+            images = [b["image"][b.get("valid", np.ones(len(b["image"]), bool))] for b in batches]
+            for image in np.concatenate(images):
+                pixels = np.unique(np.rint(image.reshape(-1, 3) * 255), axis=0)
+                assert len(pixels) == 1  # a crop of one flat photo
+                found.append(next(n for n, c in colours.items() if np.all(pixels[0] == c)))
+            return set(found)
+
+        train = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
+        assert photos_of(_take(train, 30)) == set(train_photos)  # 120 crops: all, and only them
+        evaluation = input_pipeline.create_eval_dataset(config, band=None, num_images=12)
+        assert photos_of([b for b in evaluation]) == set(eval_photos)
+        for bad in ("", "chelsea,nosuchphoto", ",".join(SKIMAGE)):
+            with pytest.raises(ValueError, match="skimage_eval_photos"):
+                input_pipeline.skimage_split(bad)
+    finally:
+        input_pipeline._skimage_photo.cache_clear()
 
 
 def test_two_workers_are_deterministic_and_restore(image_folder, mask_folder):

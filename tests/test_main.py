@@ -62,6 +62,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| PSNR |" in out.stdout and "10-20%" in out.stdout
+    assert "| skimage, held-out photos chelsea, coffee, rocket, step 4 |" in out.stdout
     results = json.loads((workdir / "eval" / "step_4" / "results.json").read_text())
     assert set(results["bands"]) == {"10-20%", "20-30%", "30-40%", "40-50%", "all"}
     assert results["bands"]["all"]["images"] == 4
