@@ -22,7 +22,7 @@ import pytest
 from isnet_jax import checkpoint, convert, export, inpaint
 from isnet_jax.export import __main__ as cli
 
-TOL = 1e-4  # the bound; measured about 1e-6 for every format
+TOL = 1e-4  # the bound; measured 0 (StableHLO: the same XLA) to 4e-7 (the others)
 # The golden images (64 x 64) and a 32 x 48 crop of them: two sizes, batch 2, both dynamic.
 CROP = (slice(None), slice(8, 40), slice(0, 48))
 
@@ -58,6 +58,7 @@ def check(case: dict, composite: np.ndarray, label: str) -> float:
     x, m = case["image"], case["mask"]
     assert composite.shape == x.shape and composite.dtype == np.float32, label
     err = float(np.abs(composite - case["expected"]).max())
+    print(f"{label}: max |export - Inpainter| = {err:.2e}")
     assert err < TOL, f"{label}: max |export - Inpainter| = {err:.2e}"
     ours = inpaint._to_uint8(composite)
     image_u8 = inpaint._to_uint8(x)
