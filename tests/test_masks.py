@@ -257,8 +257,8 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
 def test_one_polarity_vocabulary_and_default_for_training_inference_and_the_page(tmp_path):
     """A mask file means the same in training, evaluation, inpainting and the page: one
     spelling, one default (hole_black), and the old spelling is refused naming the new one."""
-    from configs import default
     from isnet_jax import app, inpaint
+    from isnet_jax.configs import default
 
     assert masks.POLARITIES == ("hole_black", "hole_white")
     assert masks.DEFAULT_POLARITY == "hole_black" == default.get_config().masks.polarity
