@@ -23,7 +23,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from isnet_jax import configs, errors
+from isnet_jax import cli, configs, errors
 
 # The configs ship inside the package: an installed isnet_jax runs the demo with no checkout.
 _DEMO = pathlib.Path(configs.__file__).resolve().parent / "demo.py"
@@ -110,7 +110,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {e}; see --help", file=sys.stderr)
     except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
         print(f"error: {_config_error(argv, e)}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
+    sys.exit(cli.EXIT_USER_ERROR)
 
 
 def main(argv: list[str]) -> None:
@@ -129,7 +129,7 @@ def main(argv: list[str]) -> None:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
     try:
-        with errors.ctrl_c_kept():
+        with cli.ctrl_c_kept():
             if _MODE.value == "train":
                 from isnet_jax import train
 
@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
                 evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
     except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        _leave(errors.EXIT_USER_ERROR)
+        _leave(cli.EXIT_USER_ERROR)
 
 
 def _leave(status: int) -> None:
@@ -163,7 +163,7 @@ def _define_config_flag() -> flags.FlagHolder:
             lock_config=True)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         print(f"error: {_config_error(sys.argv, e)}", file=sys.stderr)
-        sys.exit(errors.EXIT_USER_ERROR)
+        sys.exit(cli.EXIT_USER_ERROR)
 
 
 def run() -> None:
@@ -182,7 +182,7 @@ def run() -> None:
     gc.collect()
     print("interrupted (Ctrl-C); the same command resumes a training run from its last "
           "checkpoint", file=sys.stderr)
-    _leave(errors.EXIT_INTERRUPTED)
+    _leave(cli.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
