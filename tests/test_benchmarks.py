@@ -97,7 +97,7 @@ MASK = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
 def tiny(tmp_path_factory):
     """The benchmark's tiny config as a Trainer, abstract only (nothing initialised or
     compiled), and the independent count of its training step."""
-    from configs import places2
+    from isnet_jax.configs import places2
 
     config, _ = train_step.prepare_config(
         places2.get_config(), workdir=str(tmp_path_factory.mktemp("vgg")), batch_size=1,

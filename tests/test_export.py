@@ -21,6 +21,7 @@ import pytest
 
 from isnet_jax import checkpoint, convert, export, inpaint
 from isnet_jax.export import __main__ as cli
+from isnet_jax.inpainter import to_uint8
 
 TOL = 1e-4  # the issue's bound; measured 0 (StableHLO: the same XLA) to 4e-7 (the others)
 # The golden images (64 x 64) and a 32 x 48 crop of them: two sizes, batch 2, both dynamic.
@@ -40,7 +41,7 @@ def cases(golden_dir, release_checkpoint) -> list[dict[str, np.ndarray]]:
     """Inputs at two sizes and what ``Inpainter`` makes of them (float32 composite)."""
     with np.load(golden_dir / "golden.npz") as z:
         # What a photo becomes on its way in: uint8 / 255 (the golden images are 8-bit).
-        images = inpaint._to_uint8(z["images"]).astype(np.float32) / 255.0
+        images = to_uint8(z["images"]).astype(np.float32) / 255.0
         masks = z["masks"]
     inpainter = inpaint.Inpainter.from_checkpoint(release_checkpoint)
     out = []
@@ -60,8 +61,8 @@ def check(case: dict, composite: np.ndarray, label: str) -> float:
     err = float(np.abs(composite - case["expected"]).max())
     print(f"{label}: max |export - Inpainter| = {err:.2e}")
     assert err < TOL, f"{label}: max |export - Inpainter| = {err:.2e}"
-    ours = inpaint._to_uint8(composite)
-    image_u8 = inpaint._to_uint8(x)
+    ours = to_uint8(composite)
+    image_u8 = to_uint8(x)
     known = m[..., 0] > 0.5
     assert np.array_equal(ours[known], image_u8[known]), f"{label}: a known pixel changed"
     for b in range(len(x)):

@@ -16,12 +16,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from isnet_jax import errors
+from isnet_jax import cli
 from isnet_jax import export as lib
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    parser = errors.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m isnet_jax.export",
         description="Export a generator checkpoint's inpainting step (image, mask -> "
         "composite) as StableHLO, a TF SavedModel, TFLite or ONNX.",
@@ -72,7 +72,7 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return errors.run_cli(lambda: run(args), "nothing was written; run the command again")
+    return cli.run_cli(lambda: run(args), "nothing was written; run the command again")
 
 
 if __name__ == "__main__":
