@@ -54,7 +54,7 @@ image = rng.random((1, size, size, 3), dtype=np.float32)
 mask = (rng.random((1, size, size, 1)) > 0.25).astype(np.float32)
 start = time.perf_counter()
 if runtime == "jax":
-    from isnet_jax.inpaint import Inpainter
+    from isnet_jax.inpainter import Inpainter
     inpainter = Inpainter.from_checkpoint(path)
     run = lambda: inpainter.predict(image, mask)
 elif runtime == "stablehlo":
