@@ -502,9 +502,9 @@ def bucket(name: str = "rehearsal") -> Iterator[Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from isnet_jax import errors
+    from isnet_jax import cli
 
-    parser = errors.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m isnet_jax.rehearse",
         description="Rehearse a Cloud TPU pod-slice run on this machine: N hosts (processes "
         "of CPU devices) run `python -m isnet_jax.main --distributed` against a local Cloud "
