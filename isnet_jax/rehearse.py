@@ -422,10 +422,10 @@ def lost_host(r: Rehearsal) -> str:
         log = run.log(0)
     expect(f"Resuming from the checkpoint of step {complete[-1]}" in log,
            f"the restart did not resume from step {complete[-1]}")
-    skipped = re.search(r"unfinished checkpoint (\S+)", log)
+    skipped = re.search(r"unfinished checkpoint of step (\d+)", log)
     return (f"kill -9 of host {victim} after step 4: others stopped in {stopped:.0f} s "
             f"(bound {LOST_HOST_BOUND_S} s), exit {sorted(set(codes))}, naming it; resumed from "
-            f"step {complete[-1]}" + (f", skipped {skipped.group(1)}" if skipped else ""))
+            f"step {complete[-1]}" + (f", named and skipped the unfinished step {skipped.group(1)}" if skipped else ""))
 
 
 def bucket_fault(r: Rehearsal) -> str:
