@@ -39,9 +39,7 @@ from flax import nnx
 
 from isnet_jax import checkpoint, errors, fid, torch_weights
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
-from isnet_jax.models.vgg import NAMES as VGG_NAMES
-from isnet_jax.models.vgg import TORCH_INDICES as VGG_TORCH_INDICES
-from isnet_jax.models.vgg import VGG19
+from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
 from isnet_jax.pth import PthError, load_pth, save_pth
 
 __all__ = [
@@ -56,10 +54,6 @@ __all__ = [
     "main",
     "save_vgg19",
 ]
-
-VGG_FILE = "vgg19.npz"
-_VGG_FORMAT = "isnet_jax.vgg19 v1: HWIO kernels"
-_CONVERT_HINT = "python -m isnet_jax.convert --vgg19 vgg19-dcbb9e9d.pth --output DIR"
 
 # How each kind of file announces itself, to say which flag a misplaced file belongs to.
 _KINDS = {
@@ -151,44 +145,6 @@ def _discriminator_convs(d: Discriminator) -> list[tuple[str, Conv]]:
     return [(f"conv{i + 1}.0", conv) for i, conv in enumerate(d.convs)]
 
 
-def _vgg_convs(vgg: VGG19, prefix: str) -> list[tuple[str, Conv]]:
-    return [(f"{prefix}{index}", conv) for index, conv in zip(VGG_TORCH_INDICES, vgg.convs,
-                                                              strict=True)]
-
-
-def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:
-    return w.transpose(2, 3, 1, 0)
-
-
-def _hwio_shape_to_oihw(shape: tuple[int, ...]) -> tuple[int, ...]:
-    return (shape[3], shape[2], shape[0], shape[1])
-
-
-def _targets(
-    pairs: list[tuple[str, Conv]],
-) -> dict[str, tuple[nnx.Variable, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]]:
-    """torch key -> (our variable, the shape torch stores it in, torch -> ours)."""
-    same = np.asarray
-    targets = {}
-    for prefix, conv in pairs:
-        kernel_shape = tuple(conv.kernel.get_value().shape)
-        entries = {
-            "weight_orig" if conv.spectral_norm else "weight": (
-                conv.kernel, _hwio_shape_to_oihw(kernel_shape), _oihw_to_hwio
-            )
-        }
-        if conv.spectral_norm:
-            entries["weight_u"] = (conv.u, tuple(conv.u.get_value().shape), same)
-            entries["weight_v"] = (conv.v, tuple(conv.v.get_value().shape), same)
-        if conv.bias is not None:
-            entries["bias"] = (conv.bias, tuple(conv.bias.get_value().shape), same)
-        for name, entry in entries.items():
-            key = f"{prefix}.{name}"
-            assert key not in targets, f"two of our convs map to {key}"
-            targets[key] = entry
-    return targets
-
-
 def _fill(
     module: nnx.Module,
     pairs: list[tuple[str, Conv]],
@@ -199,10 +155,8 @@ def _fill(
     ignored: Callable[[str], bool] = lambda key: False,
 ) -> None:
     """Copies ``sd`` into the abstract ``module``: every key used once, every shape checked."""
-    every_conv = {id(m) for _, m in nnx.iter_graph(module) if isinstance(m, Conv)}
-    assert every_conv == {id(conv) for _, conv in pairs}, f"a conv of {what} has no torch name"
-    torch_weights.fill(module, _targets(pairs), sd, path, what, ignored,
-                       hint=_wrong_kind_hint(sd, wanted))
+    torch_weights.fill_convs(module, pairs, sd, path, what, ignored,
+                             hint=_wrong_kind_hint(sd, wanted))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,55 +220,6 @@ def load_official_discriminator(
     return d
 
 
-def load_torchvision_vgg19(
-    path: str | os.PathLike, *, normalization: str = "none", dtype: jnp.dtype = jnp.float32
-) -> VGG19:
-    """Loads torchvision's VGG19 weights: a full ``vgg19()`` state dict (``features.N.*``; the
-    classifier is ignored) or its ``features`` alone (``N.weight``, ``N.bias``)."""
-    path = pathlib.Path(path)
-    obj = load_pth(path)
-    sd = _state_dict(obj, path, "vgg19")
-    full = any(k.startswith("features.") for k in sd)
-    vgg = nnx.eval_shape(lambda: VGG19(normalization=normalization, dtype=dtype, rngs=nnx.Rngs(0)))
-    _fill(vgg, _vgg_convs(vgg, "features." if full else ""), sd, path, "torchvision's VGG19",
-          "vgg19", ignored=lambda k: full and k.startswith("classifier."))
-    return vgg
-
-
-def _vgg_variables(vgg: VGG19) -> dict[str, nnx.Variable]:
-    """The ``.npz`` keys of our VGG19 file (``conv1_1.kernel`` ...) and their variables."""
-    return {f"{VGG_NAMES[i].replace('relu', 'conv')}.{name}": getattr(conv, name)
-            for i, conv in enumerate(vgg.convs) for name in ("kernel", "bias")}
-
-
-def save_vgg19(vgg: VGG19, path: str | os.PathLike) -> pathlib.Path:
-    """Writes ``vgg``'s weights as our ``.npz`` (HWIO kernels, keys ``conv1_1.kernel`` ...)."""
-    return torch_weights.save_npz(vgg, path, _VGG_FORMAT, _vgg_variables(vgg))
-
-
-def _load_vgg_npz(path: pathlib.Path, normalization: str, dtype: jnp.dtype) -> VGG19:
-    vgg = nnx.eval_shape(lambda: VGG19(normalization=normalization, dtype=dtype, rngs=nnx.Rngs(0)))
-    torch_weights.load_npz(vgg, path, _VGG_FORMAT, f"recreate it with `{_CONVERT_HINT}`",
-                           _vgg_variables(vgg))
-    return vgg
-
-
-def load_vgg19(
-    path: str | os.PathLike, normalization: str = "none", dtype: jnp.dtype = jnp.float32
-) -> VGG19:
-    """The VGG19 loss network from our ``vgg19.npz``, a folder holding one, or torchvision's
-    ``.pth`` (what ``config.loss.vgg_weights`` may name). The file's content decides, not its
-    name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
-    exist."""
-    path = torch_weights.weights_file(
-        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Get torchvision's "
-        f"vgg19-dcbb9e9d.pth, run `{_CONVERT_HINT}` and point config.loss.vgg_weights at "
-        f"DIR/{VGG_FILE}")
-    if torch_weights.is_npz(path):
-        return _load_vgg_npz(path, normalization, dtype)
-    return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------------------------
 # Export: back to the release's format
 
@@ -339,9 +244,9 @@ def official_state_dict(module: nnx.Module) -> collections.OrderedDict[str, np.n
             f"{type(module).__name__}"
         )
     sd = collections.OrderedDict()
-    for key, (variable, shape, _) in _targets(pairs).items():
+    for key, (variable, shape, _) in torch_weights.conv_targets(pairs).items():
         value = np.asarray(jax.device_get(variable.get_value()), np.float32)
-        sd[key] = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value
+        sd[key] = torch_weights.hwio_to_oihw(value) if value.ndim == 4 else value
         assert sd[key].shape == shape, (key, sd[key].shape, shape)
     if isinstance(module, Discriminator):
         for name in ("weight_orig", "weight_u", "weight_v"):

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -35,6 +34,7 @@ from isnet_jax import (
     perceptual,
     sharding,
     sheets,
+    summaries,
 )
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
@@ -363,9 +363,7 @@ def evaluate_checkpoint(
             (out / f"sheet_{band.rstrip('%')}.png").write_bytes(sheets.png_bytes(sheet))
         logging.info("Wrote %s, %s and %d image sheets (masked input | result | ground truth).",
                      out / "results.json", out / "table.md", len(sheet_images))
-    writer = metric_writers.create_default_writer(
-        workdir / "eval", just_logging=jax.process_index() > 0
-    )
+    writer = summaries.create_writer(workdir / "eval", just_logging=jax.process_index() > 0)
     writer.write_scalars(
         meta["step"],
         {f"{band}/{k}": v for band, values in results.items() for k, v in values.items()},

@@ -44,16 +44,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Runs the emulator's CLI in the child. On Linux it first asks for SIGTERM when the process
-# that started it dies (PR_SET_PDEATHSIG), even by kill -9, so no emulator outlives a killed
-# test run or rehearsal; elsewhere atexit and stop() are all there is. (A preexec_fn would do
-# the same but makes subprocess fork the multithreaded JAX process instead of vfork-exec.)
+# Runs the emulator's CLI in the child, with two fixes:
+# - On Linux it first asks for SIGTERM when the process that started it dies
+#   (PR_SET_PDEATHSIG), even by kill -9, so no emulator outlives a killed test run or
+#   rehearsal; elsewhere atexit and stop() are all there is. (A preexec_fn would do the same
+#   but makes subprocess fork the multithreaded JAX process instead of vfork-exec it.)
+# - Its media downloads get the x-goog-generation header that real GCS sends and the emulator
+#   (2026.7) omits: TensorStore reads an object's generation from it, takes a missing one for
+#   0, and then refuses the conditional write that OCDBT makes to its manifest ("Malformed
+#   StorageGeneration"): Orbax saves failed at random without it.
 _LAUNCHER = """
 import ctypes, os, runpy, signal, sys
 if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     if os.getppid() != int(sys.argv[1]):
         sys.exit(0)
+from gcp_storage_emulator.handlers import objects
+_download = objects.download
+def download(request, response, storage, *args, **kwargs):
+    try:
+        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+    except Exception:
+        obj = {}
+    _download(request, response, storage, *args, **kwargs)
+    if obj.get("generation") and response.status.value in (200, 206):
+        response["x-goog-generation"] = str(obj["generation"])
+        response["x-goog-metageneration"] = str(obj.get("metageneration", 1))
+objects.download = download
 sys.argv = ["gcp-storage-emulator"] + sys.argv[2:]
 runpy.run_module("gcp_storage_emulator", run_name="__main__")
 """

@@ -27,7 +27,7 @@ from absl import logging
 from flax import nnx
 
 from isnet_jax import errors, fid, lpips, sharding
-from isnet_jax.torch_weights import describe
+from isnet_jax.torch_weights import describe, read_state_dict
 
 BASELINE = "mean_fill/"  # as evaluate.BASELINE (kept here to avoid a circular import)
 
@@ -63,8 +63,6 @@ def load_lpips(net: str, backbone: str, lin: str) -> lpips.LPIPS:
             "backbone and lpips' linear layers")
     backbone, lin = os.path.expanduser(backbone), os.path.expanduser(lin)
     if not net:  # the backbone file says which network it is
-        from isnet_jax.torch_weights import read_state_dict
-
         try:
             found = describe(read_state_dict(backbone, "an LPIPS backbone"))
         except errors.UserError as e:

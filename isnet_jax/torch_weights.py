@@ -3,8 +3,12 @@
 The FID Inception and the LPIPS networks are built from ``nnx.Conv`` / ``nnx.BatchNorm`` whose
 attribute paths spell the torch module names, so most of the mapping is mechanical: a conv at
 path ``a.b`` reads ``a.b.weight`` (OIHW, transposed to HWIO) and ``a.b.bias``; a BatchNorm reads
-``weight``, ``bias``, ``running_mean``, ``running_var``. A key the file has and we lack, or the
-reverse, or a shape that differs, is an error naming the file, never a silent skip.
+``weight``, ``bias``, ``running_mean``, ``running_var`` (``conv_norm_targets``). ISNet's own
+``models.Conv`` (the generator, discriminator and VGG19) is named pair by pair by the module
+that owns the network, and mapped here (``conv_targets``, ``fill_convs``): ``weight`` or, under
+spectral norm, ``weight_orig``, ``weight_u``, ``weight_v``, and ``bias``. A key the file has and
+we lack, or the reverse, or a shape that differs, is an error naming the file, never a silent
+skip.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from isnet_jax.pth import PthError, load_pth
 
 # (torch key -> (our variable, the shape torch stores it in, torch array -> ours))
 Targets = dict[str, tuple[nnx.Variable, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]]
+# (torch module name, our conv): a ``models.Conv``, read by attribute (kernel, bias, u, v,
+# spectral_norm) so that this module needs nothing from ``models``
+ConvPairs = Sequence[tuple[str, Any]]
 
 # Which released file a state dict is, from keys and shapes: to tell a user who passed the
 # wrong file which one it is.
@@ -62,7 +69,9 @@ def describe(sd: Mapping[str, Any]) -> str | None:
             if convs == 16:
                 return "torchvision's VGG19 (vgg19-dcbb9e9d.pth)"
     if any(k.startswith(("layer1.", "stage0.", "generator")) for k in keys):
-        return "the ISNet release's generator"
+        return "the ISNet release's generator (InpaintingModel_gen.pth)"
+    if "discriminator" in keys or "conv1.0.weight_orig" in keys:
+        return "the ISNet release's discriminator (InpaintingModel_dis.pth)"
     return None
 
 
@@ -77,7 +86,8 @@ def read_state_dict(path: str | os.PathLike, what: str) -> dict[str, np.ndarray]
         or not obj
         or not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
     ):
-        raise PthError(f"{path} holds no state dict of tensors (expected {what})")
+        hint = mismatch_hint(obj, what) if isinstance(obj, dict) else ""
+        raise PthError(f"{path} holds no state dict of tensors (expected {what}){hint}")
     return obj
 
 
@@ -94,7 +104,7 @@ def conv_norm_targets(module: nnx.Module, torch_name: Callable[[tuple], str]) ->
             prefix = torch_name(path)
             kernel = node.kernel
             h, w, i, o = kernel.get_value().shape
-            targets[f"{prefix}.weight"] = (kernel, (o, i, h, w), _oihw_to_hwio)
+            targets[f"{prefix}.weight"] = (kernel, (o, i, h, w), oihw_to_hwio)
             if node.bias is not None:
                 targets[f"{prefix}.bias"] = (node.bias, (o,), same)
         elif isinstance(node, nnx.BatchNorm):
@@ -106,8 +116,51 @@ def conv_norm_targets(module: nnx.Module, torch_name: Callable[[tuple], str]) ->
     return targets
 
 
-def _oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+def oihw_to_hwio(w: np.ndarray) -> np.ndarray:
+    """A torch conv kernel (out, in, h, w) as ours (h, w, in, out)."""
     return w.transpose(2, 3, 1, 0)
+
+
+def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
+    """Our conv kernel (h, w, in, out) as torch stores it (out, in, h, w)."""
+    return w.transpose(3, 2, 0, 1)
+
+
+def conv_targets(pairs: ConvPairs) -> Targets:
+    """Targets of ISNet's ``models.Conv`` s, each under its torch module name."""
+    same = np.asarray
+    targets: Targets = {}
+    for prefix, conv in pairs:
+        h, w, i, o = conv.kernel.get_value().shape
+        entries = {"weight_orig" if conv.spectral_norm else "weight": (
+            conv.kernel, (o, i, h, w), oihw_to_hwio)}
+        if conv.spectral_norm:
+            entries["weight_u"] = (conv.u, tuple(conv.u.get_value().shape), same)
+            entries["weight_v"] = (conv.v, tuple(conv.v.get_value().shape), same)
+        if conv.bias is not None:
+            entries["bias"] = (conv.bias, tuple(conv.bias.get_value().shape), same)
+        for name, entry in entries.items():
+            key = f"{prefix}.{name}"
+            assert key not in targets, f"two of our convs map to {key}"
+            targets[key] = entry
+    return targets
+
+
+def fill_convs(
+    module: nnx.Module,
+    pairs: ConvPairs,
+    sd: Mapping[str, np.ndarray],
+    path: pathlib.Path,
+    what: str,
+    ignored: Callable[[str], bool] = lambda key: False,
+    hint: str | None = None,
+) -> None:
+    """``fill`` with ``conv_targets(pairs)``, after checking that ``pairs`` names every conv of
+    ``module`` (every node of the pairs' conv class)."""
+    kinds = {type(conv) for _, conv in pairs}
+    every_conv = {id(m) for _, m in nnx.iter_graph(module) if type(m) in kinds}
+    assert every_conv == {id(conv) for _, conv in pairs}, f"a conv of {what} has no torch name"
+    fill(module, conv_targets(pairs), sd, path, what, ignored, hint)
 
 
 def _few(keys: Sequence[str], n: int = 4) -> str:

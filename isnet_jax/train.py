@@ -24,7 +24,17 @@ from clu import metric_writers, metrics, periodic_actions
 from etils import epath
 from flax import nnx, traverse_util
 
-from isnet_jax import checkpoint, errors, losses, models, optim, preemption, sharding, sheets
+from isnet_jax import (
+    checkpoint,
+    errors,
+    losses,
+    models,
+    optim,
+    preemption,
+    sharding,
+    sheets,
+    summaries,
+)
 from isnet_jax import metrics as image_metrics
 from isnet_jax.models.layers import SpectralState
 
@@ -296,8 +306,7 @@ class _Loop:
         self.mngr, self.train_iter, self.state = mngr, train_iter, state
         self.step = self.first_step = int(jax.device_get(state["step"]))
         self.last: dict[str, float] = {}
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=jax.process_index() != 0)
+        self.writer = summaries.create_writer(workdir, just_logging=jax.process_index() != 0)
         if self.first_step == 0:
             flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
             self.writer.write_hparams(

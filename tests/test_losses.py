@@ -9,13 +9,14 @@ from flax import nnx
 
 from isnet_jax import convert, losses
 from isnet_jax.models.layers import SpectralState
+from isnet_jax.models.vgg import load_vgg19
 
 
 @pytest.fixture(scope="module")
 def golden_terms(golden_dir):
     g = convert.load_official_generator(golden_dir / "InpaintingModel_gen.pth")
     d = convert.load_official_discriminator(golden_dir / "InpaintingModel_dis.pth")
-    vgg = convert.load_vgg19(golden_dir / "vgg19_features.pth")
+    vgg = load_vgg19(golden_dir / "vgg19_features.pth")
     g_def, g_params, g_spec = nnx.split(g, nnx.Param, SpectralState)
     d_def, d_params, d_spec = nnx.split(d, nnx.Param, SpectralState)
     vgg_def, vgg_state = nnx.split(vgg)

@@ -88,7 +88,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     events = event_accumulator.EventAccumulator(str(workdir / "eval"))
     events.Reload()
     assert {"10-20%/mean_fill/psnr", "10-20%/telea/psnr", "all/navier_stokes/l1_percent"} <= set(
-        events.Tags()["tensors"])
+        events.Tags()["scalars"])
     # Without weight files: the old rows, and one line saying how to add FID and LPIPS.
     step_dir = workdir / "eval" / "step_4"
     assert "| FID" not in out.stdout and "| LPIPS" not in out.stdout
@@ -98,7 +98,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert sorted(p.name for p in step_dir.glob("sheet_*.png")) == [
         "sheet_10-20.png", "sheet_20-30.png", "sheet_30-40.png", "sheet_40-50.png", "sheet_all.png"
     ]
-    assert "10-20%/sheet" in events.Tags()["tensors"]
+    assert "10-20%/sheet" in events.Tags()["images"]
 
     # With the random-weight stand-ins for pytorch-fid's and lpips' files: every column.
     (workdir / "eval").rename(tmp_path / "eval_without")
@@ -126,9 +126,9 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert len(list(step_dir.glob("sheet_*.png"))) == 5
     events = event_accumulator.EventAccumulator(str(workdir / "eval"))
     events.Reload()
-    assert {"all/fid", "all/lpips", "all/mean_fill/fid", "all/sheet"} <= set(
-        events.Tags()["tensors"]
-    )
+    tags = events.Tags()
+    assert {"all/fid", "all/lpips", "all/mean_fill/fid"} <= set(tags["scalars"])
+    assert "all/sheet" in tags["images"]
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):

@@ -31,3 +31,40 @@ def test_emulated_bucket_serves_orbax_and_epath_and_survives_a_restart(gcs, gs_d
         restored = mngr.restore(3, args=ocp.args.StandardRestore(
             {"w": np.zeros(6, np.float32)}))
     np.testing.assert_array_equal(restored["w"], np.arange(6.0))
+
+
+def test_tensorboard_events_land_in_the_bucket_and_tensorboard_reads_them(gs_dir, tmp_path):
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    from isnet_jax import summaries
+
+    logdir = epath.Path(gs_dir) / "tb"
+    writer = summaries.create_writer(logdir)
+    writer.write_hparams({"learning_rate": 2e-4, "model.generator": "isnet"})
+    writer.write_scalars(1, {"10-20%/psnr": 21.5, "g_loss": np.float32(0.5)})
+    writer.write_images(1, {"samples": np.full((1, 8, 16, 3), 200, np.uint8)})
+    writer.flush()
+    # Flushed is readable: a run killed later keeps what was flushed.
+    [events] = logdir.glob("events.out.tfevents.*")
+    flushed = events.read_bytes()
+    writer.write_scalars(2, {"10-20%/psnr": 22.5})
+    writer.close()
+    assert len(events.read_bytes()) > len(flushed)
+
+    for name, data in (("flushed", flushed), ("closed", events.read_bytes())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / events.name).write_bytes(data)
+    early = event_accumulator.EventAccumulator(str(tmp_path / "flushed"))
+    early.Reload()
+    assert [e.step for e in early.Scalars("10-20%/psnr")] == [1]
+    run = event_accumulator.EventAccumulator(str(tmp_path / "closed"))
+    run.Reload()
+    assert [(e.step, e.value) for e in run.Scalars("10-20%/psnr")] == [(1, 21.5), (2, 22.5)]
+    assert run.Scalars("g_loss")[0].value == 0.5
+    [image] = run.Images("samples")
+    assert (image.step, image.width, image.height) == (1, 16, 8)
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        run.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG])
+    assert start.hparams["learning_rate"].number_value == 2e-4
+    assert start.hparams["model.generator"].string_value == "isnet"

@@ -188,10 +188,10 @@ def test_bfloat16_compute_step_tracks_float32(tmp_path):
     with every loss term on, against the float32 step on the same weights and batch."""
     from flax import nnx
 
-    from isnet_jax import convert, models
+    from isnet_jax.models import vgg
 
     vgg_path = tmp_path / "vgg19.npz"
-    convert.save_vgg19(models.VGG19(rngs=nnx.Rngs(0)), vgg_path)
+    vgg.save_vgg19(vgg.VGG19(rngs=nnx.Rngs(0)), vgg_path)
     metrics, states = {}, {}
     for dtype in ("float32", "bfloat16"):
         config = tiny_config(compute_dtype=dtype)

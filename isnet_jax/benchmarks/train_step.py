@@ -10,7 +10,7 @@ each, dispatched back to back with no host synchronisation inside a round, as th
 runs. Times are medians over the rounds.
 
 VGG19's weights do not change the speed: by default (``--vgg=random``) a randomly initialised
-VGG19 is written with ``isnet_jax.convert.save_vgg19`` and loaded through
+VGG19 is written with ``isnet_jax.models.vgg.save_vgg19`` and loaded through
 ``config.loss.vgg_weights`` like real weights; ``--vgg=config`` uses the config's weights,
 ``--vgg=off`` drops the perceptual and style losses.
 
@@ -177,12 +177,12 @@ def prepare_config(
         config.loss.perceptual_weight = config.loss.style_weight = 0.0
         return config, "off (perceptual and style losses dropped)"
     if vgg == "random":
-        from isnet_jax import convert, models
+        from isnet_jax.models import vgg as vgg19
 
         path = pathlib.Path(workdir) / "vgg19_random.npz"
-        convert.save_vgg19(models.VGG19(rngs=nnx.Rngs(0)), path)
+        vgg19.save_vgg19(vgg19.VGG19(rngs=nnx.Rngs(0)), path)
         config.loss.vgg_weights = str(path)
-        return config, "random weights written by isnet_jax.convert.save_vgg19 (same speed)"
+        return config, "random weights written by isnet_jax.models.vgg.save_vgg19 (same speed)"
     if vgg == "config":
         return config, f"config.loss.vgg_weights = {config.loss.vgg_weights}"
     raise ValueError(f"vgg must be 'random', 'config' or 'off', got {vgg!r}")

@@ -10,6 +10,7 @@ from isnet_jax import errors
 from isnet_jax.models import registry
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.layers import init_weights
+from isnet_jax.models.vgg import VGG19, load_vgg19
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -49,7 +50,7 @@ def abstract_networks(config: ml_collections.ConfigDict) -> tuple[nnx.Module, nn
     return g, nnx.eval_shape(lambda: Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
 
 
-def load_vgg(config: ml_collections.ConfigDict) -> nnx.Module:
+def load_vgg(config: ml_collections.ConfigDict) -> VGG19:
     """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``: missing
     weights stop the run rather than silently giving random VGG features."""
     path = config.loss.vgg_weights
@@ -61,7 +62,5 @@ def load_vgg(config: ml_collections.ConfigDict) -> nnx.Module:
             "--config.loss.vgg_weights=DIR/vgg19.npz (or set both loss weights to 0 to train "
             "without them)."
         )
-    from isnet_jax import convert  # lazily: convert imports the models package
-
-    return convert.load_vgg19(
-        path, normalization=config.loss.vgg_normalization, dtype=compute_dtype(config))
+    return load_vgg19(path, normalization=config.loss.vgg_normalization,
+                      dtype=compute_dtype(config))

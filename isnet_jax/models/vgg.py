@@ -1,12 +1,16 @@
-"""VGG19 feature extractor (torchvision's ``vgg19().features``) for perceptual and style losses."""
+"""VGG19 feature extractor (torchvision's ``vgg19().features``) for perceptual and style losses,
+and its weight files: torchvision's ``.pth`` in, our ``vgg19.npz`` out and in."""
 
 from __future__ import annotations
+
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isnet_jax import errors
+from isnet_jax import errors, torch_weights
 from isnet_jax.models.layers import Conv
 
 # torchvision's configuration "E"; "M" is a 2x2 max pool.
@@ -16,6 +20,11 @@ NAMES = ("relu1_1", "relu1_2", "relu2_1", "relu2_2", "relu3_1", "relu3_2", "relu
          "relu4_1", "relu4_2", "relu4_3", "relu4_4", "relu5_1", "relu5_2", "relu5_3", "relu5_4")
 # Index of each conv in torchvision's ``features`` Sequential (conv, relu, [pool] ...).
 TORCH_INDICES = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
+
+VGG_FILE = "vgg19.npz"
+_VGG_FORMAT = "isnet_jax.vgg19 v1: HWIO kernels"
+_WHAT = "torchvision's VGG19"
+_CONVERT_HINT = "python -m isnet_jax.convert --vgg19 vgg19-dcbb9e9d.pth --output DIR"
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,3 +124,60 @@ class VGG19(nnx.Module):
                 break
             i += 1
         return feats
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight files
+
+
+def _abstract(normalization: str, dtype: jnp.dtype) -> VGG19:
+    # Built abstractly: a random initialisation would only be overwritten.
+    return nnx.eval_shape(lambda: VGG19(normalization=normalization, dtype=dtype,
+                                        rngs=nnx.Rngs(0)))
+
+
+def load_torchvision_vgg19(
+    path: str | os.PathLike, *, normalization: str = "none", dtype: jnp.dtype = jnp.float32
+) -> VGG19:
+    """Loads torchvision's VGG19 weights: a full ``vgg19()`` state dict (``features.N.*``; the
+    classifier is ignored) or its ``features`` alone (``N.weight``, ``N.bias``)."""
+    path = pathlib.Path(path)
+    sd = torch_weights.read_state_dict(path, _WHAT)
+    full = any(k.startswith("features.") for k in sd)
+    vgg = _abstract(normalization, dtype)
+    prefix = "features." if full else ""
+    pairs = [(f"{prefix}{index}", conv) for index, conv in zip(TORCH_INDICES, vgg.convs,
+                                                                strict=True)]
+    torch_weights.fill_convs(vgg, pairs, sd, path, _WHAT,
+                             ignored=lambda k: full and k.startswith("classifier."))
+    return vgg
+
+
+def _npz_variables(vgg: VGG19) -> dict[str, nnx.Variable]:
+    """The ``.npz`` keys of our VGG19 file (``conv1_1.kernel`` ...) and their variables."""
+    return {f"{NAMES[i].replace('relu', 'conv')}.{name}": getattr(conv, name)
+            for i, conv in enumerate(vgg.convs) for name in ("kernel", "bias")}
+
+
+def save_vgg19(vgg: VGG19, path: str | os.PathLike) -> pathlib.Path:
+    """Writes ``vgg``'s weights as our ``.npz`` (HWIO kernels, keys ``conv1_1.kernel`` ...)."""
+    return torch_weights.save_npz(vgg, path, _VGG_FORMAT, _npz_variables(vgg))
+
+
+def load_vgg19(
+    path: str | os.PathLike, normalization: str = "none", dtype: jnp.dtype = jnp.float32
+) -> VGG19:
+    """The VGG19 loss network from our ``vgg19.npz``, a folder holding one, or torchvision's
+    ``.pth`` (what ``config.loss.vgg_weights`` may name). The file's content decides, not its
+    name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
+    exist."""
+    path = torch_weights.weights_file(
+        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Get torchvision's "
+        f"vgg19-dcbb9e9d.pth, run `{_CONVERT_HINT}` and point config.loss.vgg_weights at "
+        f"DIR/{VGG_FILE}")
+    if not torch_weights.is_npz(path):
+        return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)
+    vgg = _abstract(normalization, dtype)
+    torch_weights.load_npz(vgg, path, _VGG_FORMAT, f"recreate it with `{_CONVERT_HINT}`",
+                           _npz_variables(vgg))
+    return vgg

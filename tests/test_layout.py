@@ -1,0 +1,105 @@
+"""The package's shape: its import graph has no cycle, and no import inside a function hides one.
+
+Read from the source with ``ast`` (nothing is imported): an edge ``a -> b`` is a module-level
+import of ``b`` in ``a``; importing ``isnet_jax.x.y`` runs ``isnet_jax.x``'s ``__init__`` too, so
+that counts as an edge to the package as well. An import inside a function is allowed (to keep
+a start-up or ``import isnet_jax`` light) only where moving it to the top would close no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "isnet_jax"
+
+
+def _modules() -> dict[str, pathlib.Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def _imported(module: str, node: ast.Import | ast.ImportFrom, is_package: bool,
+              known: dict[str, pathlib.Path]) -> set[str]:
+    """The isnet_jax modules ``node`` runs, the packages above them included."""
+    if isinstance(node, ast.Import):
+        names = [alias.name for alias in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative: from the module's package, up level - 1
+            package = module.split(".")[: None if is_package else -1]
+            package = package[: len(package) - node.level + 1]
+            base = ".".join(package + ([base] if base else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    out = set()
+    for name in names:
+        parts = name.split(".")
+        out |= {".".join(parts[:i]) for i in range(2, len(parts) + 1)}
+    return {m for m in out if m in known}
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[tuple[str, int, str]]]:
+    """``(edges, inner)``: module-level edges, and ``(module, line, target)`` of imports inside
+    functions."""
+    known = _modules()
+    edges, inner = {}, []
+    for module, path in known.items():
+        edges[module] = set()
+        is_package = path.name == "__init__.py"
+
+        def visit(node: ast.AST, in_function: bool, module=module, is_package=is_package):
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.Import | ast.ImportFrom):
+                    targets = _imported(module, child, is_package, known) - {module}
+                    # A package's own submodules run after it: no edge back to it.
+                    targets = {t for t in targets if not module.startswith(t + ".")}
+                    if in_function:
+                        inner.extend((module, child.lineno, t) for t in sorted(targets))
+                    else:
+                        edges[module] |= targets
+                visit(child, in_function or isinstance(
+                    child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+
+        visit(ast.parse(path.read_text()), False)
+    return edges, inner
+
+
+def _reaches(edges: dict[str, set[str]], start: str, goal: str) -> list[str] | None:
+    """A path of edges from ``start`` to ``goal``, or None."""
+    todo, came = [start], {start: None}
+    while todo:
+        node = todo.pop()
+        if node == goal:
+            path = [node]
+            while came[path[-1]] is not None:
+                path.append(came[path[-1]])
+            return path[::-1]
+        for nxt in sorted(edges[node]):
+            if nxt not in came:
+                came[nxt] = node
+                todo.append(nxt)
+    return None
+
+
+def test_no_import_cycle():
+    edges, _ = import_graph()
+    assert len(edges) > 30 and "isnet_jax.models.vgg" in edges["isnet_jax.models.build"]
+    cycles = []
+    for module, targets in edges.items():
+        for target in targets:
+            back = _reaches(edges, target, module)
+            if back:
+                cycles.append(" -> ".join([module, *back]))
+    assert not cycles, cycles
+
+
+def test_no_import_inside_a_function_hides_a_cycle():
+    edges, inner = import_graph()
+    assert inner, "the scan finds the lazy imports (main's train/evaluate at least)"
+    hidden = [f"{m}:{line} imports {t}, which imports {' -> '.join(path)}"
+              for m, line, t in inner if (path := _reaches(edges, t, m))]
+    assert not hidden, hidden
