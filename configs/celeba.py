@@ -1,17 +1,5 @@
-"""CelebA (TFDS ``celeb_a``, official partition) at the release's settings.
+"""``--config=configs/celeba.py`` in a checkout: the config is ``isnet_jax/configs/celeba.py``."""
 
-256 px, batch 8, 4 blocks.
+from isnet_jax.configs.celeba import get_config
 
-One-time data preparation and the VGG19 weights are described in the README.
-"""
-
-from configs import default
-
-
-def get_config():
-    config = default.get_config()
-    config.data.source = "tfds"
-    config.data.name = "celeb_a"
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    return config
+__all__ = ["get_config"]

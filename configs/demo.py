@@ -1,48 +1,5 @@
-"""A small ISNet that learns on the CPU in minutes with nothing to download.
+"""``--config=configs/demo.py`` in a checkout: the config is ``isnet_jax/configs/demo.py``."""
 
-Images: scikit-image's bundled sample photographs, randomly cropped; masks: generated
-irregular masks. The code path is the real one (the release's three-call step, checkpoints,
-TensorBoard summaries, sample grids, periodic held-out evaluation against the mean-colour
-fill); the recipe departs from the release's where a minutes-long run needs it, each choice
-measured in BENCHMARKS.md ("Demo sweep"):
+from isnet_jax.configs.demo import get_config
 
-- Orthogonal raw kernels at scale 0.02, not N(0, 0.001): under spectral norm every layer then
-  starts as an isometry, so the input's signal reaches the output from the first step, and
-  Adam's effective step (about lr / scale) stays small enough not to oscillate.
-- lr 2e-4 with beta1 0.9 (the release: 1e-4, beta1 0): momentum averages the gradients of
-  4-image batches.
-- L1 only: the adversarial and feature-matching terms (and the VGG terms, whose ImageNet
-  weights are a download) are off. With them the release's recipe falls 8 dB below the mean
-  fill in 600 steps; D still trains each step, as in the release.
-"""
-
-from configs import default
-
-
-def get_config():
-    config = default.get_config()
-    config.model.blocks = 1
-    config.model.init = "orthogonal"
-    config.model.init_scale = 0.02
-    config.image_size = 64
-    config.batch_size = 4
-    config.num_train_steps = 700
-    config.learning_rate = 2e-4
-    config.beta1 = 0.9
-    config.loss.adversarial_weight = 0.0
-    config.loss.feature_matching_weight = 0.0
-    config.loss.perceptual_weight = 0.0
-    config.loss.style_weight = 0.0
-    config.data.source = "skimage"
-    # Evaluated on crops of these photos only; the other 11 bundled photos train.
-    config.data.skimage_eval_photos = "chelsea,coffee,rocket"
-    config.data.num_workers = 0
-    config.masks.mode = "procedural"
-    config.log_every_steps = 50
-    config.image_every_steps = 100
-    config.checkpoint_every_steps = 350
-    config.eval_every_steps = 350
-    config.eval.num_images = 16
-    config.eval.batch_size = 8
-    config.eval.num_images_final = 64
-    return config
+__all__ = ["get_config"]

@@ -1,12 +1,5 @@
-"""Places2 (TFDS ``places365_small``, 256x256 images) at the release's settings."""
+"""``--config=configs/places2.py`` in a checkout: the config is ``isnet_jax/configs/places2.py``."""
 
-from configs import default
+from isnet_jax.configs.places2 import get_config
 
-
-def get_config():
-    config = default.get_config()
-    config.data.source = "tfds"
-    config.data.name = "places365_small"
-    config.data.train_split = "train"
-    config.data.eval_split = "validation"  # places365_small has no labelled test split
-    return config
+__all__ = ["get_config"]

@@ -6,7 +6,8 @@
 Built on gradio, the usual way model demos are served. The page offers: upload a photo, paint
 the hole with a brush (the editor's own size control, undo and clear) or upload a mask file
 (or both: their holes are joined), choose the strategy (``auto``, ``crop``, ``resize``, ``pad``:
-see :mod:`isnet_jax.inpaint`), Inpaint, the result beside the input with a PNG download.
+see :class:`isnet_jax.inpainter.Inpainter`), Inpaint, the result beside the input with a PNG
+download.
 The same call is gradio's API endpoint ``/inpaint``, so ``gradio_client`` can drive it::
 
     from gradio_client import Client, handle_file
@@ -40,7 +41,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from isnet_jax import errors, inpaint, masks
+from isnet_jax import cli, errors, masks
+from isnet_jax import inpainter as inpainter_lib
 
 # A local tool: no usage statistics leave the machine (gradio sends them unless told not to).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -138,9 +140,11 @@ def _painted_known(layers: list[np.ndarray], shape: tuple[int, int]) -> np.ndarr
 
 
 class App:
-    """The page's request handler around one :class:`~isnet_jax.inpaint.Inpainter`."""
+    """The page's request handler around one :class:`~isnet_jax.inpainter.Inpainter`."""
 
-    def __init__(self, inpainter: inpaint.Inpainter, *, max_megapixels: float = MAX_MEGAPIXELS):
+    def __init__(
+        self, inpainter: inpainter_lib.Inpainter, *, max_megapixels: float = MAX_MEGAPIXELS
+    ):
         self.inpainter = inpainter
         self.max_megapixels = max_megapixels
 
@@ -178,14 +182,14 @@ class App:
                     f"The mask is {grey.shape[1]}x{grey.shape[0]} but the photo is {w}x{h}; "
                     "upload a mask of the photo's size."
                 )
-            known &= inpaint.mask_to_known(grey, polarity)
-        hole = 1.0 - known.mean()
-        if hole == 0.0:
+            known &= masks.mask_to_known(grey, polarity)
+        hole, problem = inpainter_lib.hole_verdict(known)
+        if problem == "no hole":
             raise _reject(
                 "There is no hole to fill: paint over the area to replace, or upload a mask "
                 f"({'white' if polarity == 'hole_white' else 'black'} = hole with {polarity})."
             )
-        if hole == 1.0:
+        if problem == "all hole":
             raise _reject(
                 "The hole covers the whole photo: nothing is left to fill it from. Paint only "
                 "the area to replace (or check the mask polarity)."
@@ -198,11 +202,8 @@ class App:
             f"Filled {100 * hole:.1f} % of the {w}x{h} photo in {done.mode} mode ({runs}) in "
             f"{time.perf_counter() - start:.2f} s."
         )
-        if hole > inpaint.TRAINED_MAX_HOLE:
-            status += (
-                " That is more hole than the model was trained on (up to "
-                f"{100 * inpaint.TRAINED_MAX_HOLE:.0f} %)."
-            )
+        if problem == "beyond training":
+            status += f" That is {inpainter_lib.BEYOND_TRAINING}."
             if mask is not None:
                 other = masks.other_polarity(polarity)
                 status += f" If the mask marks what to keep, choose {other}."
@@ -210,7 +211,8 @@ class App:
 
 
 def build(
-    inpainter: inpaint.Inpainter, *, max_megapixels: float = MAX_MEGAPIXELS, title: str = ""
+    inpainter: inpainter_lib.Inpainter, *, max_megapixels: float = MAX_MEGAPIXELS,
+    title: str = "",
 ) -> Any:
     """The page as a ``gr.Blocks``, queued one request at a time; ``.launch()`` serves it."""
     _require_gradio()
@@ -253,8 +255,8 @@ def build(
                         "masks; what training reads); hole_white: white marks the hole",
                     )
                 mode = gr.Radio(
-                    list(inpaint.RESIZE_MODES), value="auto", label="Strategy", info=strategies
-                )
+                    list(inpainter_lib.RESIZE_MODES), value="auto", label="Strategy",
+                    info=strategies)
                 button = gr.Button("Inpaint", variant="primary", elem_id=BUTTON_ID)
             with gr.Column():
                 result = gr.Image(
@@ -281,7 +283,7 @@ def build(
     return demo
 
 
-def warm_up(inpainter: inpaint.Inpainter) -> float:
+def warm_up(inpainter: inpainter_lib.Inpainter) -> float:
     """Compiles the forward pass that crop and resize modes run; returns the seconds taken."""
     start = time.perf_counter()
     size = inpainter.size
@@ -290,11 +292,11 @@ def warm_up(inpainter: inpaint.Inpainter) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = errors.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m isnet_jax.app",
         description="Serve a local web page that inpaints photos with an ISNet checkpoint.",
     )
-    inpaint.add_model_arguments(parser)
+    cli.add_model_arguments(parser, crop_margin=inpainter_lib.CROP_MARGIN)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -308,7 +310,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="largest photo the page accepts (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    inpaint.check_model_arguments(parser, args)
+    cli.check_model_arguments(parser, args, multiple=inpainter_lib.MULTIPLE)
     if args.max_megapixels <= 0:
         parser.error(f"--max-megapixels must be positive, got {args.max_megapixels}")
     return args
@@ -316,7 +318,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return errors.run_cli(lambda: serve(args), "the server stopped")
+    return cli.run_cli(lambda: serve(args), "the server stopped")
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -325,18 +327,14 @@ def serve(args: argparse.Namespace) -> int:
     import jax
 
     start = time.perf_counter()
-    inpainter = inpaint.Inpainter.from_checkpoint(
+    inpainter = inpainter_lib.Inpainter.from_checkpoint(
         args.checkpoint,
         args.step,
         size=args.size,
         margin=args.crop_margin,
         crop_above=args.crop_above,
     )
-    meta = inpainter.meta
-    about = (
-        f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
-        f"{meta.get('step')}) from {args.checkpoint}"
-    )
+    about = cli.generator_line(inpainter.meta, args.checkpoint)
     print(f"{about}; running on {jax.devices()[0].platform}", flush=True)
     print(f"compiling the {args.size}x{args.size} forward pass ...", flush=True)
     print(f"compiled in {warm_up(inpainter):.1f} s", flush=True)
@@ -356,7 +354,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     try:
         # gradio's block_thread() would swallow Ctrl-C and print its own line: wait here, so
-        # that Ctrl-C ends as every command's does (errors.run_cli).
+        # that Ctrl-C ends as every command's does (cli.run_cli).
         while demo.is_running:
             time.sleep(0.1)
     finally:

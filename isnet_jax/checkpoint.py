@@ -45,6 +45,12 @@ def checkpoint_dir(workdir: epath.PathLike) -> epath.Path:
     return epath.Path(workdir) / "checkpoints"
 
 
+def _absolute(directory: epath.Path) -> epath.Path:
+    # Orbax refuses a relative path ("Checkpoint path should be absolute") in its background
+    # commit, after the step ran: --workdir=runs/demo must work as well as an absolute one.
+    return directory if directory.is_absolute() else directory.resolve()
+
+
 def resolve(path: epath.PathLike, step: int | None = None) -> tuple[epath.Path, int]:
     """Finds the manager directory and step for a workdir, a manager directory or a step directory.
 
@@ -105,7 +111,7 @@ def _manager(directory: epath.Path, read_only: bool = True) -> ocp.CheckpointMan
         GENERATOR: ocp.StandardCheckpointHandler(),
         DISCRIMINATOR: ocp.StandardCheckpointHandler(),
     }
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    return ocp.CheckpointManager(_absolute(directory), options=options, item_handlers=handlers)
 
 
 def _damaged(mngr: ocp.CheckpointManager, step: int, items, error: BaseException):
@@ -346,7 +352,7 @@ def training_manager(workdir: epath.PathLike, max_to_keep: int) -> ocp.Checkpoin
         max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True
     )
     return ocp.CheckpointManager(
-        checkpoint_dir(workdir),
+        _absolute(checkpoint_dir(workdir)),
         options=options,
         item_handlers={
             META: ocp.JsonCheckpointHandler(),

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, errors, fid, torch_weights
+from isnet_jax import checkpoint, cli, errors, fid, torch_weights
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
 from isnet_jax.pth import PthError, load_pth, save_pth
@@ -401,7 +401,7 @@ def convert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = errors.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m isnet_jax.convert",
         description="Convert the official ISNet release's PyTorch checkpoints (and torchvision's "
         "VGG19) to an isnet_jax checkpoint folder. PyTorch is not needed.",
@@ -442,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Files are written beside their target and renamed, and a new --output is removed on
     # failure, so an interrupted run leaves no half-written file.
-    return errors.run_cli(body, "no half-written file is left; run the command again (with "
+    return cli.run_cli(body, "no half-written file is left; run the command again (with "
                           "--overwrite if --output already held files)")
 
 

@@ -1,25 +1,12 @@
 """The one exception type for mistakes a user can fix: a bad path, a bad config value or flag,
 missing or wrong weights, a damaged checkpoint.
 
-Its message says what is wrong and how to fix it. The command-line tools (``main``,
-``convert``, ``inpaint``, ``app``, ``masks``, ``evaluate`` through ``main``) print it as one
-line, ``error: <message>``, and exit with status 2 (``run_cli``; a bad flag too:
-``ArgumentParser``); Ctrl-C is one line and status 130; any other exception is a bug and keeps
-its traceback. The subclasses also derive from the built-in type a Python caller would expect.
+Its message says what is wrong and how to fix it. The command-line tools print it as one line,
+``error: <message>``, and exit with status 2 (``isnet_jax.cli``). The subclasses also derive
+from the built-in type a Python caller would expect.
 """
 
 from __future__ import annotations
-
-import argparse
-import contextlib
-import signal
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from typing import NoReturn
-
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class UserError(Exception):
@@ -36,106 +23,3 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output the tool would replace; the fix is ``--overwrite`` or another path."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose mistakes (a bad flag or value) are one ``error:`` line and status 2, as
-    a ``UserError`` is; argparse's own prints the usage block first."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
-        sys.exit(EXIT_USER_ERROR)
-
-
-_ctrl_c = threading.Event()
-_deferring = threading.Event()
-
-
-def _on_sigint(signum, frame) -> None:
-    if _deferring.is_set() and not _ctrl_c.is_set():
-        _ctrl_c.set()
-        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
-              file=sys.stderr, flush=True)
-        return
-    _ctrl_c.set()
-    raise KeyboardInterrupt
-
-
-def check_interrupted() -> None:
-    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was deferred
-    or lost.
-
-    Python raises the interrupt wherever the main thread is; inside a garbage-collector or
-    weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
-    and dropped, and the work would go on. Long loops call this at each step."""
-    if _ctrl_c.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_kept() -> Iterator[None]:
-    """While inside: Ctrl-C raises ``KeyboardInterrupt`` as usual and is also recorded, so
-    ``check_interrupted`` raises it again when Python dropped it in a callback (whose "ignored"
-    report is not printed). From the main thread only; elsewhere it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    unraisable_hook = sys.unraisablehook
-
-    def quiet_lost_interrupt(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            unraisable_hook(unraisable)
-
-    sys.unraisablehook = quiet_lost_interrupt
-    try:
-        yield
-    finally:
-        _ctrl_c.clear()
-        sys.unraisablehook = unraisable_hook
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
-    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and
-    ``check_interrupted`` raises it at the loop's next safe point; a second one raises at once.
-
-    For loops whose steps must not be cut in half: a training step donates its input state, so
-    an interrupt between the call and the assignment of its result would leave no state to
-    save. Outside ``ctrl_c_kept`` (a Python caller) it installs the same handler itself."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    own = previous is not _on_sigint
-    if own:
-        signal.signal(signal.SIGINT, _on_sigint)
-    _deferring.set()
-    try:
-        yield
-    finally:
-        _deferring.clear()
-        if own:
-            _ctrl_c.clear()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-
-def run_cli(body: Callable[[], int], interrupted: str) -> int:
-    """Runs a command-line tool's work and returns its exit status.
-
-    A ``UserError`` is printed as one line, ``error: <message>``, and gives ``EXIT_USER_ERROR``;
-    Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
-    any other exception is a bug and propagates with its traceback.
-    """
-    try:
-        with ctrl_c_kept():
-            return body()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"interrupted (Ctrl-C); {interrupted}", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED

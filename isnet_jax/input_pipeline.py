@@ -41,7 +41,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from isnet_jax import errors
+from isnet_jax import errors, images
 from isnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -74,11 +74,7 @@ class BadImageError(Exception):
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit (and 32-bit) grayscale: PIL's convert would clip at 255, i.e. turn white.
-        values = np.asarray(img, np.float32)
-        values = values / 257.0 if values.max() > 255 else values
-        return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8)).convert("RGB")
+    img = images.to_8bit(img)  # 16-bit, 32-bit and float grey: convert would clip at 255
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img.convert("RGB")  # L, LA, RGBA, P, 1, CMYK, YCbCr

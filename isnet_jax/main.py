@@ -1,10 +1,11 @@
 """``python -m isnet_jax.main --config=configs/celeba.py --workdir=DIR [--mode=train|eval]``.
 
 Trains (resuming from DIR's latest checkpoint) or evaluates a checkpoint. Without ``--config``
-it runs ``configs/demo.py``: a small model on bundled photographs, on the CPU, no download.
-A mistake the user can fix (``errors.UserError``: a bad path, config file or override, missing
-weights, a damaged checkpoint) ends as one ``error:`` line and exit status 2; Ctrl-C as one
-line and 130; anything else is a bug and keeps its traceback.
+it runs ``isnet_jax/configs/demo.py`` (shipped in the package): a small model on bundled
+photographs, on the CPU, no download. A mistake the user can fix (``errors.UserError``: a bad
+path, config file or override, missing weights, a damaged checkpoint) ends as one ``error:``
+line and exit status 2; Ctrl-C as one line and 130; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from isnet_jax import errors
+from isnet_jax import cli, configs, errors
 
-_DEMO = pathlib.Path(__file__).resolve().parent.parent / "configs" / "demo.py"
+# The configs ship inside the package: an installed isnet_jax runs the demo with no checkout.
+_DEMO = pathlib.Path(configs.__file__).resolve().parent / "demo.py"
 
 _CONFIG: flags.FlagHolder | None = None  # defined in run(): it parses overrides as it is made
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
@@ -64,7 +66,8 @@ def _config_error(argv: list[str], error: Exception) -> str:
         path = missing.group(1) if missing else "the --config file"
         examples = sorted(p.name for p in _DEMO.parent.glob("*.py") if p.stem != "__init__")
         return (f"cannot load the config file {path} ({text.splitlines()[-1].strip()}); pass "
-                f"--config=configs/NAME.py with one of {', '.join(examples)}")
+                f"--config=configs/NAME.py (in a checkout; installed: {_DEMO.parent}/NAME.py) "
+                f"with one of {', '.join(examples)}")
     key = re.match(r"""^['"\\]*([\w.]+)""", text.strip())
     overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--config.")]
     bad = [o for o in overrides if key and o.endswith("." + key.group(1))] or overrides
@@ -107,7 +110,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
         print(f"error: {e}; see --help", file=sys.stderr)
     except (AttributeError, KeyError, OSError, TypeError, ValueError) as e:
         print(f"error: {_config_error(argv, e)}", file=sys.stderr)
-    sys.exit(errors.EXIT_USER_ERROR)
+    sys.exit(cli.EXIT_USER_ERROR)
 
 
 def main(argv: list[str]) -> None:
@@ -126,7 +129,7 @@ def main(argv: list[str]) -> None:
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
     try:
-        with errors.ctrl_c_kept():
+        with cli.ctrl_c_kept():
             if _MODE.value == "train":
                 from isnet_jax import train
 
@@ -137,7 +140,7 @@ def main(argv: list[str]) -> None:
                 evaluate.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value)
     except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        _leave(errors.EXIT_USER_ERROR)
+        _leave(cli.EXIT_USER_ERROR)
 
 
 def _leave(status: int) -> None:
@@ -160,7 +163,7 @@ def _define_config_flag() -> flags.FlagHolder:
             lock_config=True)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         print(f"error: {_config_error(sys.argv, e)}", file=sys.stderr)
-        sys.exit(errors.EXIT_USER_ERROR)
+        sys.exit(cli.EXIT_USER_ERROR)
 
 
 def run() -> None:
@@ -179,7 +182,7 @@ def run() -> None:
     gc.collect()
     print("interrupted (Ctrl-C); the same command resumes a training run from its last "
           "checkpoint", file=sys.stderr)
-    _leave(errors.EXIT_INTERRUPTED)
+    _leave(cli.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from isnet_jax import errors
+from isnet_jax import cli, errors, images
 
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Which colour a mask file paints the hole, everywhere a mask file is read (config
@@ -204,13 +204,10 @@ def list_images(path: str | os.PathLike, extensions: Sequence[str], what: str) -
             f"{what} path {path} does not exist: check the path in the config"
         )
     if path.is_dir():
-        suffixes = {e.lower() for e in extensions}
-        files = sorted(
-            str(p) for p in path.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
-        )
+        files = [str(p) for p in images.image_files(path, extensions, recursive=True)[0]]
         if not files:
             raise errors.ConfigError(
-                f"{what} folder {path} holds no image ({', '.join(sorted(suffixes))}), "
+                f"{what} folder {path} holds no image ({', '.join(sorted(extensions))}), "
                 "searched recursively: point the config at the folder with the images"
             )
         return files
@@ -235,17 +232,30 @@ def load_mask(
     """
     check_polarity(polarity)
     with Image.open(path) as img:
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            # 16-bit masks: compare against the threshold on the 8-bit scale.
-            values = np.asarray(img, np.float32)
-            values = values / 257.0 if values.max() > 255 else values
-            img = Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
-        elif img.mode != "L":
+        img = images.to_8bit(img)  # 16-bit masks: the threshold is on the 8-bit scale
+        if img.mode != "L":
             img = img.convert("L")
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         white = np.asarray(img) > threshold
     return known_where(white, polarity).astype(np.float32)
+
+
+def mask_to_known(grey: np.ndarray, polarity: str = DEFAULT_POLARITY) -> np.ndarray:
+    """8-bit grey mask -> bool (H, W), True = known pixel (``polarity``: ``POLARITIES``)."""
+    return known_where(np.asarray(grey) > 127, polarity)
+
+
+def load_known_mask(path: str | os.PathLike, polarity: str = DEFAULT_POLARITY) -> np.ndarray:
+    """A user's mask file at its own size (inpainting, the page): bool (H, W), True = known,
+    grey levels binarised at > 127, upright as its EXIF says. ``load_mask`` is training's
+    reader: float, resized, the release's threshold. Raises ``images.InputError`` naming a file
+    it cannot read."""
+    check_polarity(polarity)
+    grey = images.decoded(
+        pathlib.Path(path), "mask",
+        lambda image: np.asarray(images.upright(image).convert("L"), dtype=np.uint8))
+    return mask_to_known(grey, polarity)
 
 
 class MaskSet:
@@ -479,7 +489,7 @@ def polarity_flag(value: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = errors.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("split", help="sort a mask set into hole-ratio bands")
     p.add_argument("--masks", required=True, help="folder or .flist of mask images")
@@ -504,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {name} %: {n}")
         return 0
 
-    return errors.run_cli(body, f"{args.output} holds the masks sorted so far; run the "
+    return cli.run_cli(body, f"{args.output} holds the masks sorted so far; run the "
                           "command again to redo it")
 
 

@@ -35,7 +35,7 @@ from etils import epath
 from tensorboardX import record_writer
 from tensorboardX import summary as tbx_summary
 from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto import event_pb2
+from tensorboardX.proto import event_pb2, summary_pb2
 
 # Spooled in memory up to this size, then in a local temporary file.
 _SPOOL_BYTES = 8 << 20
@@ -122,8 +122,9 @@ class TensorBoardWriter(interface.MetricWriter):
         raise NotImplementedError("TensorBoardWriter writes no raw TF summaries")
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        for key, value in scalars.items():
-            self._add(step, tbx_summary.scalar(key, float(np.asarray(value))), key)
+        for key, value in scalars.items():  # NaN too (an undefined SSIM), without a warning
+            value = summary_pb2.Summary.Value(tag=key, simple_value=float(np.asarray(value)))
+            self._add(step, summary_pb2.Summary(value=[value]))
 
     def write_images(self, step: int, images: Mapping[str, Any]) -> None:
         for key, value in images.items():

@@ -114,7 +114,7 @@ def tiny_config(**overrides):
     """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG, and
     the release's recipe (init, Adam, G's adversarial and feature-matching terms) in place of
     the demo's, so that the step's tests see every term."""
-    from configs import default, demo
+    from isnet_jax.configs import default, demo
 
     config = demo.get_config()
     release = default.get_config()

@@ -18,7 +18,7 @@ import pytest
 from browser import AppProcess, Page, chrome, missing_browser
 from PIL import Image
 
-from isnet_jax import errors, inpaint
+from isnet_jax import cli, inpaint
 
 gradio_client = pytest.importorskip(
     "gradio_client", reason='the page needs gradio: pip install -e ".[app]" (or ".[test]")'
@@ -66,7 +66,7 @@ def app(tiny_checkpoint, tmp_path_factory):
         # Stopped as a user stops it, with Ctrl-C: one line and status 130.
         status = process.interrupt()
         output = process.output()
-        assert status == errors.EXIT_INTERRUPTED, output
+        assert status == cli.EXIT_INTERRUPTED, output
         assert output.rstrip().splitlines()[-1] == "interrupted (Ctrl-C); the server stopped"
         assert "Traceback" not in output
     finally:

@@ -97,7 +97,7 @@ MASK = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
 def tiny(tmp_path_factory):
     """The benchmark's tiny config as a Trainer, abstract only (nothing initialised or
     compiled), and the independent count of its training step."""
-    from configs import places2
+    from isnet_jax.configs import places2
 
     config, _ = train_step.prepare_config(
         places2.get_config(), workdir=str(tmp_path_factory.mktemp("vgg")), batch_size=1,
@@ -243,3 +243,23 @@ def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
     ratio = results["pad"]["run_s"] / results["crop"]["run_s"]
     assert summary["pad_over_crop"] == pytest.approx(ratio, abs=0.051)
     assert "| crop | 3 crops at 32x32 |" in proc.stdout
+
+
+def test_export_benchmark_alternates_runtimes_each_in_its_own_process(tiny_checkpoint):
+    """`python -m isnet_jax.benchmarks.export` with the tiny checkpoint at 32 px: JAX and
+    onnxruntime (the quickest export), two rounds."""
+    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.export", f"--checkpoint={tiny_checkpoint}",
+           "--blocks=1", "--sizes=32", "--rounds=2", "--runtimes=jax,onnx"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = [line for line in proc.stdout.splitlines() if line.startswith("32 px round")]
+    assert [line.split(": ")[1].split()[0] for line in rounds] == ["jax", "onnx"]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    (result,) = summary["results"]
+    assert set(result["median_s"]) == {"jax", "onnx"}
+    for name in ("jax", "onnx"):
+        assert len(result["times_s"][name]) == 2
+        assert result["median_s"][name] == statistics.median(result["times_s"][name])
+    # Each process's own peak: onnxruntime's process holds no JAX.
+    assert 0 < result["peak_rss_mib"]["onnx"] < result["peak_rss_mib"]["jax"]
+    assert "| onnx | " in proc.stdout

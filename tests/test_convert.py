@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax import checkpoint, convert, errors, pth
+from isnet_jax import checkpoint, cli, convert, errors, pth
 from isnet_jax.models import count_params
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -357,7 +357,7 @@ def test_cli_end_to_end(tmp_path, golden_dir, gen_pth, dis_pth, gen_checkpoint):
 
     # A second run into the same folder is refused, and nothing changes.
     again = run_cli("--vgg19", golden_dir / "vgg19_features.pth", "--output", out)
-    assert again.returncode == errors.EXIT_USER_ERROR and "--overwrite" in again.stderr
+    assert again.returncode == cli.EXIT_USER_ERROR and "--overwrite" in again.stderr
     assert "Traceback" not in again.stderr
     # --overwrite replaces only what it writes: the generator checkpoint stays.
     before = (out / "vgg19.npz").stat().st_mtime_ns
@@ -397,7 +397,7 @@ def test_cli_rejects_bad_generator_files(tmp_path, gen_pth, dis_pth, case):
     make(bad, gen_pth, dis_pth)
     out = tmp_path / "out"
     result = run_cli("--generator", bad, "--output", out)
-    assert result.returncode == errors.EXIT_USER_ERROR, result.stdout + result.stderr
+    assert result.returncode == cli.EXIT_USER_ERROR, result.stdout + result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, result.stderr

@@ -35,7 +35,7 @@ import scipy.linalg
 from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
 
-from isnet_jax import errors, fid, lpips, pth
+from isnet_jax import cli, errors, fid, lpips, pth
 
 
 @pytest.fixture(scope="session")
@@ -385,7 +385,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
 
     # Another network's file: one line, status 2, nothing written.
     out = convert("--inception", str(weight_files["alexnet"]), "--output", str(tmp_path / "x"))
-    assert out.returncode == errors.EXIT_USER_ERROR
+    assert out.returncode == cli.EXIT_USER_ERROR
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         f"error: {weight_files['alexnet']} is not pytorch-fid's FID Inception "
@@ -396,7 +396,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
     truncated.write_bytes(weight_files["inception"].read_bytes()[:5_000_000])
     status = convert_module.main(["--inception", str(truncated), "--output", str(tmp_path / "x")])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert status == errors.EXIT_USER_ERROR and len(lines) == 1, lines
+    assert status == cli.EXIT_USER_ERROR and len(lines) == 1, lines
     assert lines[0].startswith(f"error: {truncated} is a truncated or corrupt zip archive")
     assert not (tmp_path / "x").exists()
 

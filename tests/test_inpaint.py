@@ -21,7 +21,7 @@ import pytest
 from conftest import start_until
 from PIL import Image
 
-from isnet_jax import checkpoint, errors, inpaint
+from isnet_jax import checkpoint, cli, inpaint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = ["--batch-size", "2"]  # every fast run uses it: one compile, shape (2, 32, 32, 3)
@@ -444,7 +444,7 @@ def test_ctrl_c_is_one_line_and_status_130_and_the_same_command_finishes(
 
     proc, log = start_until([sys.executable, "-m", "isnet_jax.inpaint", *args], marker,
                             signal.SIGINT, timeout=300)
-    assert proc.returncode == errors.EXIT_INTERRUPTED, log[-3000:]
+    assert proc.returncode == cli.EXIT_INTERRUPTED, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
     assert log.rstrip().splitlines()[-1] == (
         f"interrupted (Ctrl-C); no result in {out} is left half written; the same command "
@@ -483,7 +483,7 @@ def test_mistakes_in_the_command_are_one_line_and_status_2(tiny_checkpoint, tmp_
         ({"--batch-size": "0"}, "--batch-size must be at least 1, got 0"),
     ]:
         argv = [x for k, v in {**given, **change}.items() for x in (k, v)]
-        assert _status(argv) == errors.EXIT_USER_ERROR, change
+        assert _status(argv) == cli.EXIT_USER_ERROR, change
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], lines
     assert not (tmp_path / "out").exists()

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
 from isnet_jax import input_pipeline, masks
+from isnet_jax.configs import default
 
 SIZE = 32
 SKIMAGE = input_pipeline.SKIMAGE_PHOTOS

@@ -1,15 +1,22 @@
-"""The package's shape: its import graph has no cycle, and no import inside a function hides one.
+"""The package's shape: what a wheel installs, and an import graph without cycles.
 
-Read from the source with ``ast`` (nothing is imported): an edge ``a -> b`` is a module-level
-import of ``b`` in ``a``; importing ``isnet_jax.x.y`` runs ``isnet_jax.x``'s ``__init__`` too, so
-that counts as an edge to the package as well. An import inside a function is allowed (to keep
-a start-up or ``import isnet_jax`` light) only where moving it to the top would close no cycle.
+The import graph is read from the source with ``ast`` (nothing is imported): an edge ``a -> b``
+is a module-level import of ``b`` in ``a``; importing ``isnet_jax.x.y`` runs ``isnet_jax.x``'s
+``__init__`` too, so that counts as an edge to the package as well. An import inside a function
+is allowed (to keep a start-up or ``import isnet_jax`` light) only where moving it to the top
+would close no cycle.
 """
 
 from __future__ import annotations
 
 import ast
+import os
 import pathlib
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "isnet_jax"
@@ -103,3 +110,56 @@ def test_no_import_inside_a_function_hides_a_cycle():
     hidden = [f"{m}:{line} imports {t}, which imports {' -> '.join(path)}"
               for m, line, t in inner if (path := _reaches(edges, t, m))]
     assert not hidden, hidden
+
+
+def test_a_wheel_installs_only_isnet_jax_and_runs_the_demo_from_anywhere(tmp_path):
+    """``pip wheel`` of the checkout, installed into a fresh venv that borrows this one's
+    dependencies (a ``.pth`` line: no download, no reinstall of jax or TensorFlow), runs
+    ``python -m isnet_jax.main`` with no ``--config`` outside any checkout."""
+    source = tmp_path / "source"  # built from a copy: the build leaves nothing in the checkout
+    for name in ("isnet_jax", "configs", "setup.cfg", "pyproject.toml", "README.md"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns(
+            "__pycache__")} if (ROOT / name).is_dir() else {}))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    built = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-w", tmp_path / "dist", source], capture_output=True, text=True)
+    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("isnet_jax-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        top = {name.split("/")[0] for name in archive.namelist()}
+        assert "isnet_jax/configs/demo.py" in archive.namelist()
+    assert top == {"isnet_jax", wheel.name.split("-py")[0] + ".dist-info"}, top
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    installed = subprocess.run([*pip, "--python", python, "install", "--no-deps", "--no-index",
+                                wheel], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()"
+                           "['purelib'])"], capture_output=True, text=True, check=True)
+    # After the venv's own site-packages: the installed isnet_jax comes first.
+    (pathlib.Path(site.stdout.strip()) / "borrowed.pth").write_text(
+        sysconfig.get_paths()["purelib"] + "\n")
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run(
+        [python, "-c", "import importlib.util, isnet_jax; print(isnet_jax.__file__); "
+         "print(importlib.util.find_spec('configs'))"],
+        cwd=elsewhere, env=env, capture_output=True, text=True, check=True)
+    assert where.stdout.split() == [f"{venv}/lib/python{sys.version_info[0]}."
+                                    f"{sys.version_info[1]}/site-packages/isnet_jax/__init__.py",
+                                    "None"], where.stdout
+    run = subprocess.run(
+        [python, "-m", "isnet_jax.main", "--workdir=run", "--config.num_train_steps=3",
+         "--config.image_size=32", "--config.batch_size=2", "--config.log_every_steps=1",
+         "--config.image_every_steps=0", "--config.checkpoint_every_steps=3",
+         "--config.eval_every_steps=0"],
+        cwd=elsewhere, env=dict(env, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
+        timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "step 3/3" in run.stderr
+    assert (elsewhere / "run" / "checkpoints" / "3").is_dir()

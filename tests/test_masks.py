@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet_jax import errors, masks
+from isnet_jax import cli, errors, masks
 
 BANDS = [(0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6)]
 
@@ -229,7 +229,7 @@ def test_split_cli(tmp_path):
         text=True,
         cwd=pathlib.Path(__file__).resolve().parents[1],
     )
-    assert missing.returncode == errors.EXIT_USER_ERROR
+    assert missing.returncode == cli.EXIT_USER_ERROR
     assert missing.stderr.strip().splitlines() == [
         f"error: mask path {tmp_path / 'x'} does not exist: check the path in the config"]
 
@@ -241,13 +241,13 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
     broken.write_bytes(raw[: len(raw) // 2])
     args = ["split", "--masks", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
             "--workers", "1"]
-    assert masks.main(args) == errors.EXIT_USER_ERROR
+    assert masks.main(args) == cli.EXIT_USER_ERROR
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot read the mask {broken} ("), lines
     assert lines[0].endswith("; replace it or move it out of the mask set")
     with pytest.raises(SystemExit) as caught:
         masks.main([*args, "--polarity", "hole-white"])
-    assert caught.value.code == errors.EXIT_USER_ERROR
+    assert caught.value.code == cli.EXIT_USER_ERROR
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: argument --polarity: unknown mask polarity 'hole-white': write hole_white "
         "(hole_black (black = hole, white = known) or hole_white (white = hole)); see "
@@ -257,8 +257,8 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
 def test_one_polarity_vocabulary_and_default_for_training_inference_and_the_page(tmp_path):
     """A mask file means the same in training, evaluation, inpainting and the page: one
     spelling, one default (hole_black), and the old spelling is refused naming the new one."""
-    from configs import default
     from isnet_jax import app, inpaint
+    from isnet_jax.configs import default
 
     assert masks.POLARITIES == ("hole_black", "hole_white")
     assert masks.DEFAULT_POLARITY == "hole_black" == default.get_config().masks.polarity

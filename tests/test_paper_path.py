@@ -108,8 +108,8 @@ def test_places365_small_is_read_as_the_readme_says():
     validation split (here TFDS's mock data of that builder: its real features and splits)."""
     import tensorflow_datasets as tfds
 
-    from configs import places2
     from isnet_jax import input_pipeline
+    from isnet_jax.configs import places2
 
     config = places2.get_config()
     config.image_size = SIZE

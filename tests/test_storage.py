@@ -6,9 +6,17 @@ the GCS JSON API to ``gcp-storage-emulator``, pointed at it by their standard va
 
 from __future__ import annotations
 
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from conftest import REPO
 from etils import epath
+from PIL import Image
 
 
 def test_emulated_bucket_serves_orbax_and_epath_and_survives_a_restart(gcs, gs_dir):
@@ -68,3 +76,101 @@ def test_tensorboard_events_land_in_the_bucket_and_tensorboard_reads_them(gs_dir
         run.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG])
     assert start.hparams["learning_rate"].number_value == 2e-4
     assert start.hparams["model.generator"].string_value == "isnet"
+
+
+_TINY = [  # test_main's tiny run: the same programs, so the compilation cache serves both
+    "--config.image_size=32",
+    "--config.batch_size=2",
+    "--config.log_every_steps=2",
+    "--config.image_every_steps=4",
+    "--config.checkpoint_every_steps=2",
+    "--config.eval_every_steps=4",
+    "--config.eval.num_images=4",
+    "--config.eval.batch_size=2",
+]
+
+
+def _main(*args: str) -> subprocess.CompletedProcess:
+    # The emulator's variables are in os.environ (the gcs fixture): nothing else is passed.
+    out = subprocess.run([sys.executable, "-m", "isnet_jax.main", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _download(source: epath.Path, target: pathlib.Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_dir():
+            _download(path, target / path.name)
+        else:
+            (target / path.name).write_bytes(path.read_bytes())
+
+
+def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
+        gs_dir, tmp_path, capsys):
+    from isnet_jax import checkpoint, inpaint
+    from isnet_jax import train as train_lib
+
+    workdir = epath.Path(gs_dir) / "run"
+    _main(f"--workdir={workdir}", *_TINY, "--config.num_train_steps=2")
+    out = _main(f"--workdir={workdir}", *_TINY, "--config.num_train_steps=4")
+    assert f"Resuming from the checkpoint of step 2 in {workdir}/checkpoints" in out.stderr
+    assert checkpoint.all_steps(workdir / "checkpoints") == [2, 4]
+    assert len(list(workdir.glob("events.out.tfevents.*"))) == 2  # one per run
+    assert (workdir / "samples" / "step_00000004.png").exists()
+
+    out = _main(f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.num_train_steps=4",
+                "--config.eval.num_images_final=4")
+    step_dir = workdir / "eval" / "step_4"
+    results = json.loads((step_dir / "results.json").read_text())
+    assert results["checkpoint"] == str(workdir) and results["bands"]["all"]["images"] == 4
+    assert "| PSNR |" in (step_dir / "table.md").read_text()
+    assert len(list(step_dir.glob("sheet_*.png"))) == 5
+    assert list((workdir / "eval").glob("events.out.tfevents.*"))
+
+    # Everything in the bucket, read back where only local files will do: TensorBoard (whose
+    # TF file system cannot reach an emulator) and the local-checkpoint reference below.
+    local = tmp_path / "run"
+    _download(workdir, local)
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(local))
+    events.Reload()
+    assert [e.step for e in events.Scalars("g_loss")] == [2, 4]  # both runs, one curve
+    assert [e.step for e in events.Images("samples")] == [2, 4]
+    events = event_accumulator.EventAccumulator(str(local / "eval"))
+    events.Reload()
+    assert "10-20%/psnr" in events.Tags()["scalars"] and "all/sheet" in events.Tags()["images"]
+
+    # inpaint --checkpoint gs://...: the same pixels as from a local copy of the checkpoint.
+    import skimage.data
+
+    photo = tmp_path / "photo.png"
+    Image.fromarray(skimage.data.astronaut()[::8, ::8]).save(photo)
+    known = np.full((64, 64), 255, np.uint8)
+    known[20:40, 24:44] = 0
+    Image.fromarray(known).save(tmp_path / "mask.png")
+    for name, source in (("gs", workdir), ("local", local)):
+        argv = ["--checkpoint", str(source), "--input", str(photo),
+                "--mask", str(tmp_path / "mask.png"), "--output", str(tmp_path / name)]
+        assert inpaint.main(argv) == 0, capsys.readouterr().err
+    result = np.asarray(Image.open(tmp_path / "gs" / "photo.png"))
+    np.testing.assert_array_equal(result, np.asarray(Image.open(tmp_path / "local" / "photo.png")))
+    assert np.any(result[20:40, 24:44] != np.asarray(Image.open(photo))[20:40, 24:44])
+
+    # config.init_from=gs://...@STEP: the weights a fine-tuning run starts from.
+    from conftest import tiny_config
+
+    from isnet_jax import sharding
+
+    config = tiny_config()
+    trainer = train_lib.Trainer(config, sharding.create_mesh(config.mesh))
+    weights = trainer.read_weights(f"{workdir}@4")
+    generator, meta = checkpoint.restore_generator(local, 4)
+    assert meta["step"] == 4
+    from flax import nnx
+
+    for a, b in zip(jax.tree.leaves(weights["g_params"]),
+                    jax.tree.leaves(nnx.state(generator, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

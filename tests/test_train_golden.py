@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import default
 from isnet_jax import convert, sharding, train
+from isnet_jax.configs import default
 
 GRAD_RATIO = 4.0  # x the float32 run's distance, per tensor
 DELTA_RATIO = 10.0

@@ -74,7 +74,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     """One mode in this process: the timings and the process's peak memory."""
     import jax
 
-    from isnet_jax import inpaint
+    from isnet_jax import inpainter as inpaint
 
     inpainter = inpaint.Inpainter.from_checkpoint(
         args.checkpoint, size=args.size, margin=args.margin

@@ -57,7 +57,7 @@ def _is_empty(path: str) -> bool:
 
 
 def benchmark_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
-    from configs import default  # the repository root is the working directory
+    from isnet_jax.configs import default
 
     config = default.get_config()
     config.image_size = args.size

@@ -16,12 +16,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from isnet_jax import errors
+from isnet_jax import cli
 from isnet_jax import export as lib
 
 
 def parse_args(argv: Sequence[str] | None = None):
-    parser = errors.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m isnet_jax.export",
         description="Export a generator checkpoint's inpainting step (image, mask -> "
         "composite) as StableHLO, a TF SavedModel, TFLite or ONNX.",
@@ -55,11 +55,10 @@ def run(args) -> int:
     from isnet_jax import checkpoint
 
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
-    print(f"reading the generator from {args.checkpoint}", flush=True)
     generator, meta = checkpoint.restore_generator(args.checkpoint, args.step)
-    print(f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
-          f"{meta.get('step')}); exporting {args.format}, input shape {shape.describe()}"
-          f"{' (fixed)' if shape.fixed else ''}: this takes a minute or two", flush=True)
+    print(f"{cli.generator_line(meta, args.checkpoint)}; exporting {args.format}, input shape "
+          f"{shape.describe()}{' (fixed)' if shape.fixed else ''}: this takes a minute or two",
+          flush=True)
     start = time.perf_counter()
     folder = lib.export(generator, args.format, args.output, shape=shape,
                         overwrite=args.overwrite,
@@ -72,7 +71,7 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    return errors.run_cli(lambda: run(args), "nothing was written; run the command again")
+    return cli.run_cli(lambda: run(args), "nothing was written; run the command again")
 
 
 if __name__ == "__main__":

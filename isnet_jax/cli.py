@@ -1,0 +1,169 @@
+"""What every command line here shares: its parser, exit codes, Ctrl-C, and the model flags.
+
+A mistake the user can fix (``errors.UserError``, or a bad flag: ``ArgumentParser``) is one line,
+``error: <message>``, and exit status 2; Ctrl-C is one line and status 130; any other exception
+is a bug and keeps its traceback (``run_cli``). ``python -m isnet_jax.inpaint`` and
+``python -m isnet_jax.app`` choose their checkpoint and crop settings with the same flags
+(``add_model_arguments``). Library loops that must not stop half-way through a step (training)
+use ``ctrl_c_deferred`` and ``check_interrupted``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NoReturn
+
+from isnet_jax.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes (a bad flag or value) are one ``error:`` line and status 2, as
+    a ``UserError`` is; argparse's own prints the usage block first."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USER_ERROR)
+
+
+_ctrl_c = threading.Event()
+_deferring = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    if _deferring.is_set() and not _ctrl_c.is_set():
+        _ctrl_c.set()
+        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+        return
+    _ctrl_c.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was deferred
+    or lost.
+
+    Python raises the interrupt wherever the main thread is; inside a garbage-collector or
+    weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
+    and dropped, and the work would go on. Long loops call this at each step."""
+    if _ctrl_c.is_set():
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_kept() -> Iterator[None]:
+    """While inside: Ctrl-C raises ``KeyboardInterrupt`` as usual and is also recorded, so
+    ``check_interrupted`` raises it again when Python dropped it in a callback (whose "ignored"
+    report is not printed). From the main thread only; elsewhere it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    unraisable_hook = sys.unraisablehook
+
+    def quiet_lost_interrupt(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            unraisable_hook(unraisable)
+
+    sys.unraisablehook = quiet_lost_interrupt
+    try:
+        yield
+    finally:
+        _ctrl_c.clear()
+        sys.unraisablehook = unraisable_hook
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
+    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and
+    ``check_interrupted`` raises it at the loop's next safe point; a second one raises at once.
+
+    For loops whose steps must not be cut in half: a training step donates its input state, so
+    an interrupt between the call and the assignment of its result would leave no state to
+    save. Outside ``ctrl_c_kept`` (a Python caller) it installs the same handler itself."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    own = previous is not _on_sigint
+    if own:
+        signal.signal(signal.SIGINT, _on_sigint)
+    _deferring.set()
+    try:
+        yield
+    finally:
+        _deferring.clear()
+        if own:
+            _ctrl_c.clear()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+
+def run_cli(body: Callable[[], int], interrupted: str) -> int:
+    """Runs a command-line tool's work and returns its exit status.
+
+    A ``UserError`` is printed as one line, ``error: <message>``, and gives ``EXIT_USER_ERROR``;
+    Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
+    any other exception is a bug and propagates with its traceback.
+    """
+    try:
+        with ctrl_c_kept():
+            return body()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"interrupted (Ctrl-C); {interrupted}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+# ---------------------------------------------------------------------------------------------
+# The model flags of ``inpaint`` and ``app``
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) -> None:
+    """The flags that choose the checkpoint and how a photo meets the network's size
+    (``crop_margin``: the inpainter's default margin)."""
+    parser.add_argument(
+        "--checkpoint", required=True,
+        help="training workdir, its checkpoints/ folder, or a converted folder")
+    parser.add_argument(
+        "--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
+    parser.add_argument(
+        "--size", type=int, default=256,
+        help="network resolution for resize and crop modes: the model's training size "
+        "(default: %(default)s)")
+    parser.add_argument(
+        "--crop-margin", type=int, default=crop_margin,
+        help="crop mode: context in image pixels around each group of holes "
+        "(default: %(default)s)")
+    parser.add_argument(
+        "--crop-above", type=int, default=None,
+        help="auto mode: crop images whose longer side exceeds this many pixels "
+        "(default: twice --size)")
+
+
+def check_model_arguments(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, *, multiple: int
+) -> None:
+    """``--size`` a positive multiple of ``multiple`` (the network's), ``--crop-margin`` >= 0."""
+    if args.size <= 0 or args.size % multiple:
+        parser.error(f"--size must be a positive multiple of {multiple}, got {args.size}")
+    if args.crop_margin < 0:
+        parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
+
+
+def generator_line(meta: Mapping[str, Any], source: Any) -> str:
+    """``generator isnet (blocks=4, step 1000) from SOURCE``: what a command loaded."""
+    return (f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
+            f"{meta.get('step')}) from {source}")
