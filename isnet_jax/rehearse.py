@@ -423,9 +423,10 @@ def lost_host(r: Rehearsal) -> str:
     expect(f"Resuming from the checkpoint of step {complete[-1]}" in log,
            f"the restart did not resume from step {complete[-1]}")
     skipped = re.search(r"unfinished checkpoint of step (\d+)", log)
+    aside = f", named and set aside the unfinished step {skipped.group(1)}" if skipped else ""
     return (f"kill -9 of host {victim} after step 4: others stopped in {stopped:.0f} s "
             f"(bound {LOST_HOST_BOUND_S} s), exit {sorted(set(codes))}, naming it; resumed from "
-            f"step {complete[-1]}" + (f", named and skipped the unfinished step {skipped.group(1)}" if skipped else ""))
+            f"step {complete[-1]}{aside}")
 
 
 def bucket_fault(r: Rehearsal) -> str:
