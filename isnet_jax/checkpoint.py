@@ -25,7 +25,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from isnet_jax import errors, models
+from isnet_jax import errors, models, sharding
 
 META = "meta"
 GENERATOR = "generator"
@@ -381,6 +381,31 @@ def set_aside(mngr: ocp.CheckpointManager, step: int) -> epath.Path:
         source.rename(target)
     mngr.reload()
     return target
+
+
+def set_aside_unfinished(mngr: ocp.CheckpointManager) -> list[epath.Path]:
+    """Moves step folders whose save never finished (a process or the bucket lost during it)
+    to ``STEP.unfinished``: Orbax lists only finished steps, but saving that step again would
+    meet the old files. Returns the new paths, for the log."""
+    directory = epath.Path(mngr.directory)
+    finished = set(mngr.all_steps())
+    unfinished = [
+        path for path in (sorted(directory.iterdir()) if directory.exists() else [])
+        if path.name.split(".", 1)[0].isdigit()
+        and int(path.name.split(".", 1)[0]) not in finished
+        and not path.name.endswith((".damaged", ".unfinished"))
+    ]
+    sharding.barrier("isnet_jax_unfinished_listed")  # before process 0 moves anything
+    moved = [directory / f"{path.name.split('.', 1)[0]}.unfinished" for path in unfinished]
+    if jax.process_index() == 0:
+        for path, target in zip(unfinished, moved, strict=True):
+            if target.exists():
+                target.rmtree()
+            path.rename(target)
+    sharding.barrier("isnet_jax_unfinished_moved")
+    if moved:
+        mngr.reload()
+    return moved
 
 
 def check_resumable(mngr: ocp.CheckpointManager, step: int, config) -> bool:

@@ -14,6 +14,12 @@ against a real bucket:
   GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false                   gcsfs: skip the bucket-type probe
                                                             (a gRPC API the emulator lacks;
                                                             else one warning per file access)
+  CLOUD_STORAGE_EMULATOR_ENDPOINT                           google-cloud-cpp: ArrayRecord's
+                                                            reader of a gs:// TFDS data_dir
+
+etils.epath decides once per process, at its first path, whether gs:// goes through
+TensorFlow: set these before anything touches a path (``export()`` early, or in the
+environment of a subprocess).
 
 TensorFlow's own GCS client (``tf.io.gfile``) has a fixed endpoint and cannot be pointed at
 an emulator. The emulator keeps its objects on disk in ``data_dir``, so ``stop()`` then
@@ -106,6 +112,7 @@ class Emulator:
             "STORAGE_EMULATOR_HOST": self.url,
             "EPATH_USE_TF": "false",
             "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+            "CLOUD_STORAGE_EMULATOR_ENDPOINT": self.url,
         }
 
     def path(self, *parts: str) -> str:
@@ -114,7 +121,7 @@ class Emulator:
 
     def export(self) -> None:
         """Sets ``env`` in this process's ``os.environ``. Clients read them when first used
-        (gcsfs caches its file system per endpoint), so call this before touching gs://."""
+        (etils.epath at its first path, gcsfs per endpoint), so call this early."""
         os.environ.update(self.env)
 
     @property

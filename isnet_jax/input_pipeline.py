@@ -133,34 +133,62 @@ def random_crop_resize(
 
 
 class TfdsImages:
-    """A TFDS ArrayRecord split with the image left encoded (decoded by PIL in the map)."""
+    """A TFDS ArrayRecord split with the image left encoded (decoded by PIL in the map).
+
+    A damaged record (a chunk whose hash does not match, a truncated shard) reads as an
+    unreadable image: skipped, counted in ``skipped_images`` and named (shard and record) in
+    a warning, like a broken JPEG of a folder; a source with nothing readable stops."""
 
     def __init__(self, name: str, split: str, data_dir: str = "") -> None:
         import tensorflow_datasets as tfds  # TensorFlow is heavy: import only when used
 
         self.description = f"TFDS {name}:{split}"
+        where = data_dir or "TFDS's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
         try:
-            self._source = tfds.data_source(
-                name,
-                split=split,
-                data_dir=data_dir or None,
-                download=False,
-                decoders={"image": tfds.decode.SkipDecoding()},
-            )
-        except Exception as e:  # TFDS raises several types for "not prepared"
-            where = data_dir or "TFDS's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+            builder = tfds.builder(name, data_dir=data_dir or None)
+            prepared = builder.is_prepared()
+        except Exception as e:  # noqa: BLE001 - TFDS raises several types for "not found"
+            prepared, builder = False, e
+        if not prepared:
+            detail = f" ({builder})" if isinstance(builder, Exception) else ""
             raise errors.MissingFileError(
-                f"TFDS dataset {name!r} (split {split!r}) is not prepared as ArrayRecord in "
-                f'{where}: prepare it once with python -c "import tensorflow_datasets as tfds; '
+                f"TFDS dataset {name!r} is not prepared in {where}: prepare it once as "
+                f'ArrayRecord with python -c "import tensorflow_datasets as tfds; '
                 f"tfds.builder('{name}', data_dir={data_dir or None!r})"
-                f".download_and_prepare(file_format='array_record')\" ({e})"
-            ) from e
+                f".download_and_prepare(file_format='array_record')\"{detail}"
+            )
+        splits = sorted(builder.info.splits)
+        for part in split.split("+"):
+            if part.split("[")[0].strip() not in splits:
+                raise errors.ConfigError(
+                    f"TFDS dataset {name!r} has no split {part.strip()!r} (it has "
+                    f"{', '.join(splits)}): set config.data.train_split / eval_split to one "
+                    "of them")
+        try:
+            self._source = builder.as_data_source(
+                split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        except Exception as e:  # noqa: BLE001 - prepared, but not as ArrayRecord, or a bad slice
+            raise errors.MissingFileError(
+                f"cannot read TFDS dataset {name!r} split {split!r} from {where} ({e}); "
+                "tfds.data_source reads ArrayRecord: prepare it with "
+                "download_and_prepare(file_format='array_record')") from e
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> bytes:
-        return self._source[index]["image"]
+        try:
+            return self._source[index]["image"]
+        except RuntimeError as e:  # riegeli / ArrayRecord: a damaged chunk or shard
+            raise BadImageError(f"damaged record {index} of {self._shard(index)}: {e}") from e
+
+    def _shard(self, index: int) -> str:
+        records = getattr(self._source, "data_source", None)
+        try:
+            reader, _ = records._reader_idx_and_position(index)  # noqa: SLF001
+            return records._paths[reader]  # noqa: SLF001 - for the message only
+        except Exception:  # noqa: BLE001 - another array_record version: name the split
+            return self.description
 
 
 class FileImages:
@@ -294,6 +322,8 @@ def _read(source: Sequence[Any], record: Any, size: int) -> Image.Image:
 
 
 def _describe(record: Any) -> str:
+    if record is None:  # not even read: the error names it
+        return "a damaged record"
     return record if isinstance(record, str) else f"an encoded record of {len(record)} bytes"
 
 
@@ -312,8 +342,9 @@ class TrainExample(grain.transforms.RandomMap):
         self.random_crop_min = random_crop_min
 
     def random_map(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        record = self.source[index]
+        record = None
         try:
+            record = self.source[index]  # a damaged TFDS record raises here
             img = _read(self.source, record, self.size)
         except BadImageError as e:
             logging.warning("skipping unreadable image %s: %s", _describe(record), e)
@@ -401,11 +432,13 @@ def _check_readable(source: Sequence[Any], records: Sequence[int], size: int) ->
     probes = sorted({records[i] for i in np.linspace(0, len(records) - 1, 32).astype(int)})
     errors = []
     for index in probes:
+        record = None
         try:
-            decode_image(source[index], min_size=size)
+            record = source[index]
+            decode_image(record, min_size=size)
             return
         except BadImageError as e:
-            errors.append(f"{_describe(source[index])}: {e}")
+            errors.append(f"{_describe(record)}: {e}")
     raise BadImageError(
         f"none of {len(probes)} images probed in {source.description} can be read, e.g. "
         f"{errors[0]}: check the path and the file format"
@@ -534,8 +567,9 @@ class EvalExample(grain.transforms.Map):
         }
         if position < 0:
             return padding
-        record = self.source[position]
+        record = None
         try:
+            record = self.source[position]  # a damaged TFDS record raises here
             img = _read(self.source, record, size)
         except BadImageError as e:
             logging.warning("skipping unreadable image %s: %s", _describe(record), e)

@@ -11,11 +11,12 @@ traceback.
 from __future__ import annotations
 
 import sys
+import traceback
 
 import jax
 from absl import app, flags, logging
 
-from isnet_jax import cli, configs, errors
+from isnet_jax import cli, configs, errors, liveness
 
 _CONFIG: flags.FlagHolder | None = None  # defined in run(): it parses overrides as it is made
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
@@ -31,6 +32,10 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_LOST_HOST_TIMEOUT = flags.DEFINE_integer(
+    "lost_host_timeout", liveness.DEFAULT_TIMEOUT_S,
+    "Several processes: seconds without a sign of life from another process before this one "
+    f"stops, naming it (exit status {liveness.EXIT_LOST_HOST}); 0: wait for JAX's heartbeat.")
 _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     "verbose_libraries", False, "Keep Orbax's and grain's INFO logs (hidden by default)."
 )
@@ -49,6 +54,7 @@ def main(argv: list[str]) -> None:
     logging.info("JAX process %d of %d, %d local / %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
+    watchdog = liveness.watch(_LOST_HOST_TIMEOUT.value)
     try:
         with cli.ctrl_c_kept():
             # Imported here, after the flags: --help and a flag mistake answer at once.
@@ -63,6 +69,16 @@ def main(argv: list[str]) -> None:
     except errors.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         cli.leave(cli.EXIT_USER_ERROR)
+    except Exception:
+        if watchdog is None:
+            raise
+        # Several processes: JAX's exit waits up to 5 minutes for the others, which wait in a
+        # collective for this one; leaving now lets their watchdogs name it within seconds.
+        traceback.print_exc()
+        watchdog.explain(sys.exc_info()[1])
+        cli.leave(1)
+    if watchdog is not None:  # finished: the others must not take its silence for a loss
+        watchdog.stop()
 
 
 def run() -> None:

@@ -234,6 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     _log_setup(config, mesh, trainer)
     train_iter = input_pipeline.create_train_iterator(
         config, process_index=jax.process_index(), process_count=jax.process_count())
+    # Orbax's manager starts with a collective; CPU (gloo) collectives give up when processes
+    # arrive more than 30 s apart, as a loaded machine's may.
+    sharding.barrier("isnet_jax_checkpoint_manager")
     try:
         mngr = checkpoint.training_manager(workdir, config.max_checkpoints_to_keep)
         state = _restore_or_start(config, trainer, mngr, train_iter)
@@ -271,6 +274,10 @@ def _log_setup(config, mesh, trainer: Trainer) -> None:
 
 def _restore_or_start(config, trainer: Trainer, mngr, train_iter) -> dict[str, Any]:
     """The newest intact checkpoint of the run, or step 0 (from ``config.init_from``)."""
+    for aside in checkpoint.set_aside_unfinished(mngr):
+        logging.warning("Skipping the unfinished checkpoint of step %s (a process or the bucket "
+                        "was lost during its save): moved it to %s.",
+                        aside.name.split(".")[0], aside)
     steps = sorted(mngr.all_steps(), reverse=True)
     for step in steps:
         logging.info("Resuming from the checkpoint of step %d in %s.", step, mngr.directory)

@@ -84,6 +84,15 @@ def gcs():
         yield emulator
 
 
+@pytest.fixture(scope="session")
+def tiny_tfds(tmp_path_factory) -> str:
+    """A TFDS data_dir holding ``isnet_tiny_photos`` prepared as ArrayRecord by TFDS itself
+    (``isnet_jax.tiny_dataset``); its name is ``tiny_dataset.NAME``."""
+    from isnet_jax import tiny_dataset
+
+    return tiny_dataset.prepare(tmp_path_factory.mktemp("tfds"))
+
+
 @pytest.fixture
 def gs_dir(gcs, request) -> str:
     """A fresh ``gs://`` folder of the session's emulated bucket, one per test."""
@@ -92,6 +101,10 @@ def gs_dir(gcs, request) -> str:
 
 
 def pytest_configure(config):
+    # etils.epath decides at its first path, once per process, whether gs:// goes through
+    # TensorFlow (which cannot reach the emulated bucket of the gcs fixture) or gcsfs: decide
+    # before any test touches a path. Local paths are the same either way.
+    os.environ.setdefault("EPATH_USE_TF", "false")
     # Tests build the same tiny networks in several places (and subprocesses): a persistent
     # compilation cache turns every repeat compile into a load.
     import jax

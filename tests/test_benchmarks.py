@@ -243,3 +243,23 @@ def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
     ratio = results["pad"]["run_s"] / results["crop"]["run_s"]
     assert summary["pad_over_crop"] == pytest.approx(ratio, abs=0.051)
     assert "| crop | 3 crops at 32x32 |" in proc.stdout
+
+
+def test_export_benchmark_alternates_runtimes_each_in_its_own_process(tiny_checkpoint):
+    """`python -m isnet_jax.benchmarks.export` with the tiny checkpoint at 32 px: JAX and
+    onnxruntime (the quickest export), two rounds."""
+    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.export", f"--checkpoint={tiny_checkpoint}",
+           "--blocks=1", "--sizes=32", "--rounds=2", "--runtimes=jax,onnx"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = [line for line in proc.stdout.splitlines() if line.startswith("32 px round")]
+    assert [line.split(": ")[1].split()[0] for line in rounds] == ["jax", "onnx"]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    (result,) = summary["results"]
+    assert set(result["median_s"]) == {"jax", "onnx"}
+    for name in ("jax", "onnx"):
+        assert len(result["times_s"][name]) == 2
+        assert result["median_s"][name] == statistics.median(result["times_s"][name])
+    # Each process's own peak: onnxruntime's process holds no JAX.
+    assert 0 < result["peak_rss_mib"]["onnx"] < result["peak_rss_mib"]["jax"]
+    assert "| onnx | " in proc.stdout

@@ -19,11 +19,11 @@ import sys
 import numpy as np
 import pytest
 
-from isnet_jax import checkpoint, convert, export, inpaint
-from isnet_jax.export import __main__ as cli
-from isnet_jax.inpainter import to_uint8
+from isnet_jax import checkpoint, convert, export
+from isnet_jax.export import __main__ as export_cli
+from isnet_jax.inpainter import Inpainter, to_uint8
 
-TOL = 1e-4  # the issue's bound; measured about 1e-6 for every format
+TOL = 1e-4  # the issue's bound; measured 0 (StableHLO: the same XLA) to 4e-7 (the others)
 # The golden images (64 x 64) and a 32 x 48 crop of them: two sizes, batch 2, both dynamic.
 CROP = (slice(None), slice(8, 40), slice(0, 48))
 
@@ -43,7 +43,7 @@ def cases(golden_dir, release_checkpoint) -> list[dict[str, np.ndarray]]:
         # What a photo becomes on its way in: uint8 / 255 (the golden images are 8-bit).
         images = to_uint8(z["images"]).astype(np.float32) / 255.0
         masks = z["masks"]
-    inpainter = inpaint.Inpainter.from_checkpoint(release_checkpoint)
+    inpainter = Inpainter.from_checkpoint(release_checkpoint)
     out = []
     for index in (np.s_[:], CROP):
         x, m = np.ascontiguousarray(images[index]), np.ascontiguousarray(masks[index])
@@ -59,6 +59,7 @@ def check(case: dict, composite: np.ndarray, label: str) -> float:
     x, m = case["image"], case["mask"]
     assert composite.shape == x.shape and composite.dtype == np.float32, label
     err = float(np.abs(composite - case["expected"]).max())
+    print(f"{label}: max |export - Inpainter| = {err:.2e}")
     assert err < TOL, f"{label}: max |export - Inpainter| = {err:.2e}"
     ours = to_uint8(composite)
     image_u8 = to_uint8(x)
@@ -139,7 +140,7 @@ def test_tflite_runs_in_litert_at_two_fixed_sizes(release_checkpoint, cases, tmp
     # One size through the library, the other through the command line.
     folders = [exported(release_checkpoint, tmp_path, "tflite", batch=2, height=64, width=64)]
     out = tmp_path / "cli"
-    assert cli.main(["--checkpoint", str(release_checkpoint), "--format", "tflite",
+    assert export_cli.main(["--checkpoint", str(release_checkpoint), "--format", "tflite",
                      "--output", str(out), "--batch", "2", "--height", "32",
                      "--width", "48"]) == 0
     assert f"wrote {out / 'inpaint.tflite'}" in capsys.readouterr().out
@@ -174,11 +175,11 @@ def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, ca
         mngr.wait_until_finished()
     assert (workdir / "checkpoints" / "0" / "g_opt").is_dir()
     out = tmp_path / "onnx"
-    assert cli.main(["--checkpoint", str(workdir), "--format", "onnx",
+    assert export_cli.main(["--checkpoint", str(workdir), "--format", "onnx",
                      "--output", str(out)]) == 0
     assert "generator isnet (blocks=2, step 0)" in capsys.readouterr().out
     assert export.read_meta(out)["source"]["checkpoint"] == str(workdir)
-    inpainter = inpaint.Inpainter.from_checkpoint(workdir)
+    inpainter = Inpainter.from_checkpoint(workdir)
     case = dict(cases[1], inpainter=inpainter,
                 prediction=inpainter.predict(cases[1]["image"], cases[1]["mask"]))
     (composite,) = ort.InferenceSession(str(out / "inpaint.onnx")).run(
@@ -215,7 +216,7 @@ def test_mistakes_are_one_line_status_2_and_write_nothing(tiny_checkpoint, tmp_p
 def _status(argv: list[str]) -> int:
     """The command line's exit status, whether it returns it or argparse exits with it."""
     try:
-        return cli.main(argv)
+        return export_cli.main(argv)
     except SystemExit as e:
         return e.code
 

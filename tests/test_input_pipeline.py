@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet_jax import input_pipeline, masks
+from isnet_jax import errors, input_pipeline, masks
 from isnet_jax.configs import default
 
 SIZE = 32
@@ -340,22 +340,53 @@ def test_tfds_not_prepared_says_how(tmp_path):
         input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
 
 
-def test_tfds_source_through_mock_data():
-    import tensorflow_datasets as tfds
+def test_tfds_source_reads_a_real_arrayrecord_dataset(tiny_tfds):
+    """isnet_tiny_photos, prepared by TFDS itself as ArrayRecord, read by tfds.data_source."""
+    from isnet_jax import tiny_dataset
 
-    config = _config(source="tfds", name="celeb_a")
-    with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
-        iterator = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
-        batches = _take(iterator, 3)
-        evaluation = list(
-            input_pipeline.create_eval_dataset(
-                config, band=(0.1, 0.2), num_images=5, process_index=0, process_count=1
-            )
-        )
+    config = _config(source="tfds", name=tiny_dataset.NAME, data_dir=tiny_tfds)
+    train = tiny_dataset.SPLITS["train"]
+    iterator = input_pipeline.create_train_iterator(config, process_index=0, process_count=1)
+    batches = _take(iterator, train // 4)  # one epoch of 4-image batches
+    evaluation = list(input_pipeline.create_eval_dataset(
+        config, band=(0.1, 0.2), num_images=5, process_index=0, process_count=1))
     assert batches[0]["image"].shape == (4, SIZE, SIZE, 3)
-    assert sorted(np.concatenate([b["index"] for b in batches])) == list(range(12))
+    assert sorted(np.concatenate([b["index"] for b in batches])) == list(range(train))
     assert int(sum(b["skipped"].sum() for b in batches)) == 0
     assert [b["valid"].tolist() for b in evaluation] == [[True, True], [True, True], [True, False]]
+    # Photographs, not flat test patterns: every image has texture.
+    assert all(float(img.std()) > 0.02 for b in batches for img in b["image"])
+
+
+def test_tfds_not_prepared_and_unknown_split_are_one_clear_error(tiny_tfds, tmp_path):
+    from isnet_jax import tiny_dataset
+
+    with pytest.raises(errors.MissingFileError, match=r"not prepared in .*download_and_prepare"):
+        input_pipeline.TfdsImages(tiny_dataset.NAME, "train", str(tmp_path / "empty"))
+    with pytest.raises(errors.ConfigError,
+                       match=r"has no split 'valid' \(it has test, train, validation\)"):
+        input_pipeline.TfdsImages(tiny_dataset.NAME, "valid", tiny_tfds)
+    assert len(input_pipeline.TfdsImages(tiny_dataset.NAME, "train[:10]+test", tiny_tfds)) == 22
+
+
+def test_a_damaged_arrayrecord_record_is_skipped_counted_and_named(tiny_tfds, tmp_path, caplog):
+    import shutil
+
+    from isnet_jax import tiny_dataset
+
+    data_dir = tmp_path / "tfds"
+    shutil.copytree(tiny_tfds, data_dir)
+    [shard] = (data_dir / tiny_dataset.NAME).glob("*/*-test.array_record-*")
+    data = bytearray(shard.read_bytes())
+    data[3000:3010] = b"\xff" * 10  # inside the first record's chunk (group_size 1)
+    shard.write_bytes(data)
+    config = _config(source="tfds", name=tiny_dataset.NAME, data_dir=str(data_dir))
+    with caplog.at_level(logging.WARNING):
+        batches = list(input_pipeline.create_eval_dataset(
+            config, band=(0.1, 0.2), num_images=4, process_index=0, process_count=1))
+    assert [b["valid"].tolist() for b in batches] == [[False, True], [True, True]]
+    assert int(sum(b["skipped"].sum() for b in batches)) == 1
+    assert f"damaged record 0 of {shard}" in caplog.text and "hash mismatch" in caplog.text
 
 
 # --- Evaluation ------------------------------------------------------------------------------

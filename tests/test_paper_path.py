@@ -1,7 +1,8 @@
 """README "The path to the paper's tables": every command, on small generated data.
 
-Places2 is a folder of photo-like JPEGs (and TFDS ``places365_small`` is read through
-``tfds.testing.mock_data``), the NVIDIA mask set a folder of black-hole PNGs, the official
+Places2 is a folder of photo-like JPEGs (and TFDS ``places365_small`` is stood in for by
+``isnet_tiny_photos``, a real TFDS dataset of its features and splits prepared as
+ArrayRecord), the NVIDIA mask set a folder of black-hole PNGs, the official
 weights are the release-format generator of the golden vectors, and the FID / LPIPS files the
 random-weight stand-ins of ``fid_lpips_weights``.
 """
@@ -103,21 +104,20 @@ def test_readme_path_to_the_papers_tables(tmp_path, golden_dir):
     assert sheet.shape == (3 * SIZE + 2 * 2, 3 * SIZE + 2 * 2, 3)  # 3 images, 2-px gutters
 
 
-def test_places365_small_is_read_as_the_readme_says():
+def test_places365_small_is_read_as_the_readme_says(tiny_tfds):
     """The TFDS route of the same section: configs/places2.py reads places365_small's
-    validation split (here TFDS's mock data of that builder: its real features and splits)."""
-    import tensorflow_datasets as tfds
-
-    from isnet_jax import input_pipeline
+    validation split through tfds.data_source (here isnet_tiny_photos, prepared by TFDS as
+    ArrayRecord with places365_small's image feature and splits)."""
+    from isnet_jax import input_pipeline, tiny_dataset
     from isnet_jax.configs import places2
 
     config = places2.get_config()
     config.image_size = SIZE
     config.eval.batch_size = 2
     config.data.num_workers = 0
-    with tfds.testing.mock_data(num_examples=3, policy=tfds.testing.MockPolicy.USE_CODE):
-        batches = list(input_pipeline.create_eval_dataset(
-            config, band=(0.1, 0.2), num_images=3, process_index=0, process_count=1
-        ))
+    config.data.name, config.data.data_dir = tiny_dataset.NAME, tiny_tfds
+    batches = list(input_pipeline.create_eval_dataset(
+        config, band=(0.1, 0.2), num_images=3, process_index=0, process_count=1
+    ))
     assert [int(b["valid"].sum()) for b in batches] == [2, 1]
     assert batches[0]["image"].shape == (2, SIZE, SIZE, 3)

@@ -165,3 +165,19 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
     for a, b in zip(jax.tree.leaves(weights["g_params"]),
                     jax.tree.leaves(nnx.state(generator, nnx.Param)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tfds_data_dir_in_the_bucket_is_read_by_the_pipeline(gs_dir, tiny_tfds):
+    # ArrayRecord reads gs:// through google-cloud-cpp (CLOUD_STORAGE_EMULATOR_ENDPOINT),
+    # TFDS finds the dataset's metadata through epath (gcsfs).
+    from isnet_jax import input_pipeline, tiny_dataset
+
+    local = pathlib.Path(tiny_tfds) / tiny_dataset.NAME
+    for path in local.rglob("*"):
+        if path.is_file():
+            target = epath.Path(gs_dir) / "tfds" / tiny_dataset.NAME / path.relative_to(local)
+            target.write_bytes(path.read_bytes())
+    remote = input_pipeline.TfdsImages(tiny_dataset.NAME, "test", f"{gs_dir}/tfds")
+    here = input_pipeline.TfdsImages(tiny_dataset.NAME, "test", tiny_tfds)
+    assert len(remote) == len(here) == tiny_dataset.SPLITS["test"]
+    assert [remote[i] for i in (0, 11)] == [here[i] for i in (0, 11)]

@@ -55,11 +55,10 @@ def run(args) -> int:
     from isnet_jax import checkpoint
 
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
-    print(f"reading the generator from {args.checkpoint}", flush=True)
     generator, meta = checkpoint.restore_generator(args.checkpoint, args.step)
-    print(f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
-          f"{meta.get('step')}); exporting {args.format}, input shape {shape.describe()}"
-          f"{' (fixed)' if shape.fixed else ''}: this takes a minute or two", flush=True)
+    print(f"{cli.generator_line(meta, args.checkpoint)}; exporting {args.format}, input shape "
+          f"{shape.describe()}{' (fixed)' if shape.fixed else ''}: this takes a minute or two",
+          flush=True)
     start = time.perf_counter()
     folder = lib.export(generator, args.format, args.output, shape=shape,
                         overwrite=args.overwrite,

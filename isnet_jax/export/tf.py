@@ -3,7 +3,8 @@
 SavedModel: signature ``serving_default`` with inputs ``image``, ``mask`` and output
 ``composite``; the folded weights are TF variables (the SavedModel's ``variables/``), the
 computation is the JAX function serialised as StableHLO inside an ``XlaCallModule`` op, which
-TensorFlow (2.12 and later, TF Serving included) compiles with XLA. Batch, height and width stay
+TensorFlow compiles with XLA (a TensorFlow about as new as the jax that wrote it: 2.21 with
+jax 0.10.2 here). Batch, height and width stay
 dynamic unless fixed.
 
 TFLite: the same function at a fixed shape, converted by ``tf.lite.TFLiteConverter``, which
@@ -47,44 +48,44 @@ def _polymorphic(shape: base.Shape, channels: int) -> str:
     return f"({b}, {h}, {w}, {channels})"
 
 
-class InpaintModule:
-    """A ``tf.Module`` holding the folded weights as variables and ``serving_default``."""
+def inpaint_module(generator: nnx.Module, shape: base.Shape):
+    """A ``tf.Module`` holding the folded weights as variables, and ``serving_default``."""
+    tf = _tf()
+    from jax.experimental import jax2tf
 
-    def __new__(cls, generator: nnx.Module, shape: base.Shape):
-        tf = _tf()
-        from jax.experimental import jax2tf
+    graphdef, state = nnx.split(base.fold_spectral_norm(generator))
+    leaves, treedef = jax.tree.flatten(state)
 
-        graphdef, state = nnx.split(base.fold_spectral_norm(generator))
-        leaves, treedef = jax.tree.flatten(state)
+    def apply(weights, image, mask):
+        g = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
+        return base.composite(image, mask, g(image * mask, train=False))
 
-        def apply(weights, image, mask):
-            g = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
-            return base.composite(image, mask, g(image * mask, train=False))
+    converted = jax2tf.convert(
+        apply,
+        polymorphic_shapes=[None, _polymorphic(shape, 3), _polymorphic(shape, 1)],
+        with_gradient=False,
+        native_serialization_platforms=("cpu", "cuda", "tpu"),
+    )
+    module = tf.Module()
+    # Variables, not constants folded into the serialised module: saving and loading an 80 MB
+    # constant inside a graph attribute takes ten times as long.
+    module.weights = [tf.Variable(np.asarray(x), trainable=False) for x in leaves]
 
-        converted = jax2tf.convert(
-            apply,
-            polymorphic_shapes=[None, _polymorphic(shape, 3), _polymorphic(shape, 1)],
-            with_gradient=False,
-            native_serialization_platforms=("cpu", "cuda", "tpu"),
-        )
-        module = tf.Module()
-        module.weights = [tf.Variable(np.asarray(x), trainable=False) for x in leaves]
+    @tf.function(
+        autograph=False,
+        input_signature=[tf.TensorSpec(shape.dims(3), tf.float32, name="image"),
+                         tf.TensorSpec(shape.dims(1), tf.float32, name="mask")],
+    )
+    def serving_default(image, mask):
+        return {base.OUTPUT: converted(module.weights, image, mask)}
 
-        @tf.function(
-            autograph=False,
-            input_signature=[tf.TensorSpec(shape.dims(3), tf.float32, name="image"),
-                             tf.TensorSpec(shape.dims(1), tf.float32, name="mask")],
-        )
-        def serving_default(image, mask):
-            return {base.OUTPUT: converted(module.weights, image, mask)}
-
-        module.serving_default = serving_default
-        return module
+    module.serving_default = serving_default
+    return module
 
 
 def save(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape):
     tf = _tf()
-    module = InpaintModule(generator, shape)
+    module = inpaint_module(generator, shape)
     signature = module.serving_default.get_concrete_function()
     tf.saved_model.save(module, str(folder), signatures={"serving_default": signature})
     return module, signature
