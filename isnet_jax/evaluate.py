@@ -26,6 +26,7 @@ from jax.experimental import multihost_utils
 
 from isnet_jax import (
     checkpoint,
+    classical,
     errors,
     fid_lpips,
     input_pipeline,
@@ -50,6 +51,12 @@ PAPER_ROWS = (
 )
 BASELINE = fid_lpips.BASELINE  # key prefix of the mean-colour fill's metrics
 BASELINE_NAME = "mean-colour fill"
+# Every baseline a table can show: (key prefix in the results, name in the table).
+BASELINES = ((BASELINE, BASELINE_NAME),) + tuple(
+    (f"{key}/", name) for key, (name, _) in classical.METHODS.items())
+ENABLE_CLASSICAL = (
+    "set config.eval.classical_baselines (e.g. to telea,navier_stokes) for OpenCV's rows"
+)
 OTHER_ROWS = (
     ("SSIM, skimage (cropped borders)", "ssim_skimage", "{:.3f}"),
     ("EdgeConnect-script PSNR (grey)", "ec_psnr", "{:.2f}"),
@@ -72,14 +79,17 @@ def band_label(band: tuple[float, float] | None) -> str:
 
 
 class MetricSums:
-    """A jitted (generator state, batch) -> per-metric sums over the valid images.
+    """A jitted (generator state, batch) -> per-metric sums over the valid images, for the model
+    and for every baseline on the same images and masks.
 
-    Reduced on the devices to replicated scalars, so every host can read them.
+    Reduced on the devices to replicated scalars, so every host can read them. The classical
+    baselines (``classical``: names of ``classical.METHODS``) run on each host's images.
     """
 
-    def __init__(self, g_def: Any, mesh: jax.sharding.Mesh):
+    def __init__(self, g_def: Any, mesh: jax.sharding.Mesh, classical: tuple[str, ...] = ()):
         self.g_def = g_def
         self.mesh = mesh
+        self.classical = tuple(classical)
         self.batch_sharding = sharding.batch_sharding(mesh)
         # The composites stay on the devices, sharded, for FID / LPIPS and the image sheets.
         self._fn = jax.jit(
@@ -87,19 +97,30 @@ class MetricSums:
             out_shardings=(sharding.replicated(mesh), self.batch_sharding, self.batch_sharding),
         )
 
-    def _sums(self, g_state, image, mask, valid):
+    def _sums(self, g_state, image, mask, valid, classical):
         g = nnx.merge(self.g_def, g_state, copy=True)
         pred = g(image * mask, train=False)
-        values = metrics.compute_all(metrics.composite(pred, image, mask), image)
-        # The trivial baseline on the very same images and masks, so that every report shows
-        # at once whether the model has learned more than an average colour.
-        fill = metrics.composite(metrics.mean_colour_fill(image, mask), image, mask)
-        for k, v in metrics.compute_all(fill, image).items():
-            values[BASELINE + k] = v
+        result = metrics.composite(pred, image, mask)
+        # The baselines on the very same images and masks, so that every report shows at once
+        # whether the model has learned more than an average colour, and more than a method
+        # that needs no training.
+        candidates = {"": result, BASELINE: metrics.mean_colour_fill(image, mask)}
+        candidates |= {f"{name}/": filled for name, filled in classical.items()}
+        candidates = {k: metrics.composite(v, image, mask) for k, v in candidates.items()}
+        # One compute_all over all candidates, (B, K, ...) flattened batch-major so that each
+        # device keeps its own images: K copies of the metrics would compile K times over.
+        k = len(candidates)
+        stacked = jnp.stack(list(candidates.values()), axis=1).reshape(-1, *image.shape[1:])
+        tiled = jnp.repeat(image, k, axis=0)
+        values = {}
+        for name, v in metrics.compute_all(stacked, tiled).items():
+            v = v.reshape(-1, k)
+            values |= {prefix + name: v[:, i] for i, prefix in enumerate(candidates)}
         weight = valid.astype(jnp.float32)
         sums = {k: jnp.sum(jnp.where(valid, v, 0.0)) for k, v in values.items()}
         sums["count"] = jnp.sum(weight)
-        return sums, metrics.composite(pred, image, mask), fill
+        del candidates[""]
+        return sums, result, candidates
 
     def __call__(
         self,
@@ -113,17 +134,22 @@ class MetricSums:
         totals: dict[str, float] = {}
         last_report = time.perf_counter()
         for batch in dataset:
+            filled = {name: classical.inpaint(batch["image"], batch["mask"], name)
+                      for name in self.classical}
             arrays = input_pipeline.to_global(
-                {k: batch[k] for k in ("image", "mask", "valid")}, self.batch_sharding
+                {k: batch[k] for k in ("image", "mask", "valid")}
+                | {f"classical/{k}": v for k, v in filled.items()},
+                self.batch_sharding,
             )
-            sums, composite, fill = self._fn(
-                g_state, arrays["image"], arrays["mask"], arrays["valid"]
+            sums, composite, baselines = self._fn(
+                g_state, arrays["image"], arrays["mask"], arrays["valid"],
+                {name: arrays[f"classical/{name}"] for name in self.classical},
             )
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(np.asarray(v.addressable_data(0)))
             if band is not None:
-                band.update(batch["index"][batch["valid"]], arrays["image"], composite, fill,
-                            arrays["valid"])
+                band.update(batch["index"][batch["valid"]], arrays["image"],
+                            {"": composite} | baselines, arrays["valid"])
             if sheet is not None:
                 sheet.add(arrays["image"], arrays["mask"], composite, arrays["valid"])
             if time.perf_counter() - last_report > 30:
@@ -179,7 +205,7 @@ def evaluate_bands(
     With ``perceptual_metrics``, FID / LPIPS too; a ``sheet_images`` dict receives each band's
     image sheet of the first ``config.eval.sheet_images`` images.
     """
-    evaluator = MetricSums(g_def, mesh)
+    evaluator = MetricSums(g_def, mesh, classical_baselines(config))
     results = {}
     num_sheet = config.eval.get("sheet_images", 0) if sheet_images is not None else 0
     for band in bands:
@@ -197,53 +223,63 @@ def evaluate_bands(
         r = results[band_label(band)] = evaluator(g_state, dataset, accumulator, rows)
         if rows is not None and (sheet := rows.sheet()) is not None:
             sheet_images[band_label(band)] = sheet
+        shown = [(p, n) for p, n in BASELINES if p + "psnr" in r]
         if "fid" in r or "lpips" in r:
             logging.info(
                 "eval band %s: %s", band_label(band),
-                ", ".join(f"{k} {r[k]:.4f}" for k in ("fid", BASELINE + "fid", "lpips",
-                                                      BASELINE + "lpips") if k in r),
+                ", ".join(f"{p}{k} {r[p + k]:.4f}" for k in ("fid", "lpips")
+                          for p in ("", *(p for p, _ in shown)) if p + k in r),
             )
         logging.info(
-            "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s: PSNR %.2f, "
-            "SSIM %.4f, L1 %.2f%% (%.1f s)",
-            band_label(band), r["images"], r["psnr"], r["ssim"], r["l1_percent"], BASELINE_NAME,
-            r[BASELINE + "psnr"], r[BASELINE + "ssim"], r[BASELINE + "l1_percent"],
+            "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s (%.1f s)",
+            band_label(band), r["images"], r["psnr"], r["ssim"], r["l1_percent"],
+            " | ".join(f"{name}: PSNR {r[p + 'psnr']:.2f}, SSIM {r[p + 'ssim']:.4f}, "
+                       f"L1 {r[p + 'l1_percent']:.2f}%" for p, name in shown),
             time.perf_counter() - start,
         )
     return results
 
 
+def classical_baselines(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The OpenCV baselines ``config.eval.classical_baselines`` asks for (names of
+    ``classical.METHODS``)."""
+    return classical.parse(config.eval.get("classical_baselines", ""))
+
+
 def markdown_table(
     results: dict[str, dict[str, float]], title: str, lpips_net: str = "", note: str = ""
 ) -> str:
-    """The paper's Tables 3-4 layout (metrics by hole-ratio band), the mean-colour fill baseline
-    beside it, FID and LPIPS when computed (``note``: the line that says how to add them when
-    not), then the other metric variants."""
+    """The paper's Tables 3-4 layout (metrics by hole-ratio band): the model's rows, a row group
+    per baseline on the same images and masks (mean-colour fill, OpenCV Telea, Navier-Stokes,
+    those computed), FID and LPIPS when computed (``note``: the line that says how to add what
+    was not), then the other metric variants of each."""
     labels = list(results)
     header = f"| {title} | " + " | ".join(labels) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
     lines = [header, rule]
-    baseline_rows = tuple(
-        (f"{name}, {BASELINE_NAME}", BASELINE + key, fmt) for name, key, fmt in PAPER_ROWS
-    )
     first = results[labels[0]]
+    shown = [(p, name) for p, name in BASELINES if p + "psnr" in first]
+
+    def group(rows, extra=()):
+        return [(f"{name}, {b_name}", prefix + key, fmt)
+                for prefix, b_name in extra for name, key, fmt in rows]
+
     perceptual_rows = []
     if "fid" in first:
         # FID is biased upwards for few images: every value carries its count.
-        fid_cell = "{:.2f} (n={:d})"
-        perceptual_rows += [("FID", "fid", fid_cell),
-                            (f"FID, {BASELINE_NAME}", BASELINE + "fid", fid_cell)]
+        fid = [("FID", "fid", "{:.2f} (n={:d})")]
+        perceptual_rows += fid + group(fid, shown)
     if "lpips" in first:
-        perceptual_rows += [(f"LPIPS ({lpips_net})", "lpips", "{:.4f}"),
-                            (f"LPIPS ({lpips_net}), {BASELINE_NAME}", BASELINE + "lpips",
-                             "{:.4f}")]
+        lpips_row = [(f"LPIPS ({lpips_net})", "lpips", "{:.4f}")]
+        perceptual_rows += lpips_row + group(lpips_row, shown)
 
     def cell(fmt: str, values: dict[str, float], key: str) -> str:
         if key.endswith("fid"):
             return fmt.format(values[key], int(values["fid_images"]))
         return fmt.format(values[key])
 
-    for rows in (PAPER_ROWS, baseline_rows, perceptual_rows, OTHER_ROWS):
+    for rows in (PAPER_ROWS, group(PAPER_ROWS, shown), perceptual_rows, OTHER_ROWS,
+                 group(OTHER_ROWS, shown)):
         for name, key, fmt in rows:
             lines.append(
                 f"| {name} | " + " | ".join(cell(fmt, results[b], key) for b in labels) + " |"
@@ -257,6 +293,12 @@ def markdown_table(
         "image's known pixels (same images and masks): the score of a model that has learned "
         "nothing more."
     )
+    if any(p != BASELINE for p, _ in shown):
+        lines[-1] += (
+            f" The OpenCV rows fill the same holes with cv2.inpaint (radius {classical.RADIUS}; "
+            "Telea's fast marching, Navier-Stokes after Bertalmio et al.): classical methods "
+            "that need no training."
+        )
     if perceptual_rows:
         lines.append("")
         lines.append(
@@ -282,7 +324,8 @@ def evaluate_checkpoint(
         path, step = (epath.Path(checkpoint_arg) if checkpoint_arg else workdir), None
     mesh = sharding.create_mesh(config.get("mesh"))
     # Every weight file is read and checked before the long work, and before anything is
-    # written.
+    # written; so is the choice of baselines.
+    classical_baselines(config)
     perceptual_metrics = fid_lpips.PerceptualMetrics.from_config(config, mesh)
     dtype = models.compute_dtype(config)
     generator, meta = checkpoint.restore_generator(path, step, dtype=dtype)
@@ -301,7 +344,9 @@ def evaluate_checkpoint(
                              perceptual_metrics=perceptual_metrics, sheet_images=sheet_images)
 
     title = f"{eval_set_name(config)}, step {meta['step']}"
-    note = "\n".join(x for x in [perceptual_metrics.not_computed(),
+    missing = "" if classical_baselines(config) else (
+        f"OpenCV baselines not computed: {ENABLE_CLASSICAL}.")
+    note = "\n".join(x for x in [perceptual_metrics.not_computed(), missing,
                                   *(f"Note: {f}." for f in perceptual_metrics.fallbacks)] if x)
     table = markdown_table(results, title, perceptual_metrics.lpips_net, note)
     print(table, flush=True)
@@ -336,7 +381,7 @@ class PeriodicEvaluator:
 
     def __init__(self, config: ml_collections.ConfigDict, mesh, g_def: Any):
         self.config = config
-        self.sums = MetricSums(g_def, mesh)
+        self.sums = MetricSums(g_def, mesh, classical_baselines(config))
 
     def __call__(self, g_params, g_spectral) -> dict[str, float]:
         dataset = input_pipeline.create_eval_dataset(
@@ -348,3 +393,10 @@ class PeriodicEvaluator:
         )
         means = self.sums(nnx.merge_state(g_params, g_spectral), dataset)
         return {f"eval/{k}": v for k, v in means.items() if k != "images"}
+
+    def summary(self, scalars: dict[str, float]) -> str:
+        """The log line of one periodic evaluation: the model's PSNR beside every baseline's."""
+        baselines = ", ".join(f"{name} {scalars[f'eval/{p}psnr']:.2f}"
+                              for p, name in BASELINES if f"eval/{p}psnr" in scalars)
+        return (f"held-out PSNR {scalars['eval/psnr']:.2f} dB ({baselines} dB) on "
+                f"{self.config.eval.num_images} images of {eval_set_name(self.config)}")

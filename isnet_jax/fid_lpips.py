@@ -7,9 +7,10 @@
   computed in the first band and reused; each band checks that its images are those.
 - LPIPS: mean over images of ``lpips(composite, ground truth)``.
 
-Both are also computed for the mean-colour fill baseline (same images and masks), beside the
-model. The networks run jitted in float32 on the eval batches, sharded like the generator; their
-weights are arguments of the compiled functions, replicated on the mesh.
+Both are also computed for every baseline (the mean-colour fill, OpenCV's inpainters: same
+images and masks), beside the model. The networks run jitted in float32 on the eval batches,
+sharded like the generator; their weights are arguments of the compiled functions, replicated
+on the mesh.
 """
 
 from __future__ import annotations
@@ -164,25 +165,26 @@ class BandAccumulator:
         self.m = metrics
         self.label = label or "the band"
         self.reuse_real = metrics._real is not None
-        self.fake = fid.FeatureStats() if metrics.fid else None
-        self.fill = fid.FeatureStats() if metrics.fid else None
+        self.stats: dict[str, fid.FeatureStats] = {}  # per candidate: "" (model), "mean_fill/"..
         self.real = metrics._real if self.reuse_real else (
             fid.FeatureStats() if metrics.fid else None)
         self.images = hashlib.sha1()
         self.lpips_sums: dict[str, float] = {}
 
-    def update(self, indices: np.ndarray, image, composite, fill, valid) -> None:
-        """One eval batch: host ``indices`` of its records, global arrays of the rest."""
+    def update(self, indices: np.ndarray, image, candidates: dict[str, Any], valid) -> None:
+        """One eval batch: host ``indices`` of its records, global arrays of the rest;
+        ``candidates`` maps a key prefix ("" for the model, "mean_fill/", "telea/", ...) to its
+        composites."""
         self.images.update(np.asarray(indices, np.int64).tobytes())
         if self.m.fid:
-            for stats, x in ((self.fake, composite), (self.fill, fill)) + (
-                () if self.reuse_real else ((self.real, image),)
-            ):
+            pairs = [(self.stats.setdefault(k, fid.FeatureStats()), x)
+                     for k, x in candidates.items()]
+            for stats, x in pairs + ([] if self.reuse_real else [(self.real, image)]):
                 features, rows = self.m._inception(self.m._inception_state, x, valid)
                 stats.update(np.asarray(features.addressable_data(0)),
                              np.asarray(rows.addressable_data(0)))
         if self.m.lpips:
-            sums = self.m._lpips(self.m._lpips_state, image, composite, fill, valid)
+            sums = self.m._lpips(self.m._lpips_state, image, candidates, valid)
             for k, v in sums.items():
                 self.lpips_sums[k] = self.lpips_sums.get(k, 0.0) + float(
                     np.asarray(v.addressable_data(0)))
@@ -201,9 +203,9 @@ class BandAccumulator:
                 self.m._real, self.m._real_images = self.real, digest
                 self.m._reference = fid.Reference(self.real.mean(), self.real.cov(),
                                                   self.m.fid_method)
-            for key, stats in (("fid", self.fake), (BASELINE + "fid", self.fill)):
-                out[key] = self._distance(key, stats)
-            out["fid_images"] = float(self.fake.count)
+            for prefix, stats in self.stats.items():
+                out[prefix + "fid"] = self._distance(prefix + "fid", stats)
+            out["fid_images"] = float(self.stats[""].count)
         for k, v in self.lpips_sums.items():
             out[k] = v / count
         return out
@@ -231,12 +233,12 @@ def _features(model: fid.InceptionV3, images, valid):
     return model(images), valid
 
 
-def _lpips_sums(model: lpips.LPIPS, image, composite, fill, valid):
-    reference = model.features(image)  # once for the model's and the baseline's distance
+def _lpips_sums(model: lpips.LPIPS, image, candidates, valid):
+    reference = model.features(image)  # once for the model's and every baseline's distance
     sums = {}
-    for key, candidate in (("lpips", composite), (BASELINE + "lpips", fill)):
+    for prefix, candidate in candidates.items():
         d = model.distance(model.features(candidate), reference)
-        sums[key] = jnp.sum(jnp.where(valid, d, 0.0))
+        sums[prefix + "lpips"] = jnp.sum(jnp.where(valid, d, 0.0))
     return sums
 
 

@@ -444,9 +444,7 @@ class _Loop:
         if self.evaluator is not None and self.step % self.config.eval_every_steps == 0:
             scalars = self.evaluator(*g_vars)
             self.writer.write_scalars(self.step, scalars)
-            logging.info("step %d: held-out PSNR %.2f dB (mean-colour fill %.2f dB) on %d images",
-                         self.step, scalars["eval/psnr"], scalars["eval/mean_fill/psnr"],
-                         self.config.eval.num_images)
+            logging.info("step %d: %s", self.step, self.evaluator.summary(scalars))
 
     def keep_progress(self, why: str) -> None:
         """Saves the last completed step unless it is saved: the next run resumes from it."""

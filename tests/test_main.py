@@ -28,6 +28,12 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     out = _run(f"--workdir={workdir}", *_TINY)  # no --config: the embedded demo config
     assert out.returncode == 0, out.stderr[-3000:]
     assert "step 4/4" in out.stderr
+    # The periodic evaluation: the held-out photos, the model beside every baseline.
+    assert "step 4: held-out PSNR " in out.stderr
+    line = out.stderr.split("step 4: held-out PSNR ")[1].splitlines()[0]
+    for part in ("mean-colour fill", "OpenCV Telea", "OpenCV Navier-Stokes",
+                 "on 4 images of skimage, held-out photos chelsea, coffee, rocket"):
+        assert part in line, line
     assert list(workdir.glob("events.out.tfevents.*"))
     assert (workdir / "samples" / "step_00000004.png").exists()
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
@@ -65,11 +71,17 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert "| PSNR, mean-colour fill |" in (workdir / "eval" / "step_4" / "table.md").read_text()
     assert 0.0 < results["bands"]["10-20%"]["mean_fill/psnr"] < 100.0
     assert "mean-colour fill: PSNR" in out.stderr
+    # So do OpenCV's Telea and Navier-Stokes (tests/test_classical.py checks their values).
+    for row in ("| PSNR, OpenCV Telea |", "| SSIM, OpenCV Navier-Stokes |"):
+        assert row in out.stdout
+    assert 0.0 < results["bands"]["all"]["telea/psnr"] < 100.0
+    assert "OpenCV Telea: PSNR" in out.stderr
     from tensorboard.backend.event_processing import event_accumulator
 
     events = event_accumulator.EventAccumulator(str(workdir / "eval"))
     events.Reload()
-    assert "10-20%/mean_fill/psnr" in events.Tags()["scalars"]
+    assert {"10-20%/mean_fill/psnr", "10-20%/telea/psnr", "all/navier_stokes/l1_percent"} <= set(
+        events.Tags()["scalars"])
     # Without weight files: the old rows, and one line saying how to add FID and LPIPS.
     step_dir = workdir / "eval" / "step_4"
     assert "| FID" not in out.stdout and "| LPIPS" not in out.stdout
@@ -92,7 +104,8 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert out.returncode == 0, out.stderr[-3000:]
     table = (step_dir / "table.md").read_text()
     for row in ("| FID |", "| FID, mean-colour fill |", "| LPIPS (alex) |",
-                "| LPIPS (alex), mean-colour fill |", "| PSNR |", "| PSNR, mean-colour fill |"):
+                "| LPIPS (alex), mean-colour fill |", "| PSNR |", "| PSNR, mean-colour fill |",
+                "| FID, OpenCV Telea |", "| LPIPS (alex), OpenCV Navier-Stokes |"):
         assert row in out.stdout and row in table, row
     fid_row = next(line for line in table.splitlines() if line.startswith("| FID |"))
     assert fid_row.count("(n=4)") == 5  # the image count beside every FID
@@ -102,6 +115,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     for band in results["bands"].values():
         assert band["fid"] > 0 and band["mean_fill/fid"] > 0 and band["fid_images"] == 4
         assert 0 < band["lpips"] < 1 and 0 < band["mean_fill/lpips"] < 1
+        assert band["telea/fid"] > 0 and 0 < band["navier_stokes/lpips"] < 1
     assert len(list(step_dir.glob("sheet_*.png"))) == 5
     events = event_accumulator.EventAccumulator(str(workdir / "eval"))
     events.Reload()

@@ -1,5 +1,5 @@
 """What a training setting learns: held-out PSNR per hole-ratio band against steps, beside the
-mean-colour fill of the same images and masks.
+mean-colour fill and OpenCV's inpainters on the same images and masks.
 
     python -m isnet_jax.benchmarks.sweep --config=configs/demo.py --workdir=DIR \\
         --eval_steps=200,400,600 [--config.learning_rate=1e-4 ...]
@@ -7,7 +7,8 @@ mean-colour fill of the same images and masks.
 trains ``config`` for ``max(eval_steps)`` steps (resuming DIR if it holds a run), evaluates the
 checkpoint of each step on ``--eval_images`` held-out images per band (the same images and masks
 for every step and every setting of one config), and prints one JSON line per step and a
-Markdown row per step: the table BENCHMARKS.md keeps for the demo's sweep. Results also go to
+Markdown row per step, "PSNR (difference to the mean fill / to OpenCV Telea)": the table
+BENCHMARKS.md keeps for the demo's sweep. Results also go to
 ``DIR/sweep.json``. "The loss went down" is not evidence; this is.
 """
 
@@ -34,7 +35,7 @@ BANDS = evaluate.BANDS[:-1]  # the paper's four bands
 
 
 def evaluate_steps(config, workdir: epath.Path, steps: list[int], num_images: int) -> list[dict]:
-    """Per step: PSNR per band of the model and of the mean-colour fill."""
+    """Per step: PSNR per band of the model and of each baseline."""
     mesh = sharding.create_mesh(config.get("mesh"))
     rows = []
     for step in steps:
@@ -42,12 +43,12 @@ def evaluate_steps(config, workdir: epath.Path, steps: list[int], num_images: in
         g_def, g_state = nnx.split(generator)
         g_state = jax.device_put(g_state, sharding.replicated(mesh))
         results = evaluate.evaluate_bands(config, g_def, g_state, mesh, num_images, BANDS)
-        rows.append({
-            "step": step,
-            "psnr": {b: round(r["psnr"], 2) for b, r in results.items()},
-            "mean_fill_psnr": {b: round(r[evaluate.BASELINE + "psnr"], 2)
-                               for b, r in results.items()},
-        })
+        row = {"step": step, "psnr": {b: round(r["psnr"], 2) for b, r in results.items()}}
+        for prefix, _ in evaluate.BASELINES:
+            if prefix + "psnr" in results[next(iter(results))]:
+                row[prefix.rstrip("/") + "_psnr"] = {b: round(r[prefix + "psnr"], 2)
+                                                     for b, r in results.items()}
+        rows.append(row)
     return rows
 
 
@@ -79,9 +80,15 @@ def main(argv):
             print(line, flush=True)
             f.write(line + "\n")
     for row in rows:
-        model, fill = row["psnr"], row["mean_fill_psnr"]
-        cells = " | ".join(f"{model[b]:.2f} ({model[b] - fill[b]:+.2f})" for b in model)
+        model, fill, telea = row["psnr"], row["mean_fill_psnr"], row.get("telea_psnr")
+        cells = " | ".join(
+            f"{model[b]:.2f} ({model[b] - fill[b]:+.2f}"
+            + (f" / {model[b] - telea[b]:+.2f})" if telea else ")") for b in model)
         print(f"| {label} | {row['step']} | {cells} |", flush=True)
+    for prefix, name in evaluate.BASELINES:  # the same images and masks at every step
+        if (key := prefix.rstrip("/") + "_psnr") in rows[-1]:
+            print(f"| {name} | | " + " | ".join(f"{v:.2f}" for v in rows[-1][key].values())
+                  + " |", flush=True)
     logging.info("Trained %d steps in %.0f s.", steps[-1], train_seconds)
 
 

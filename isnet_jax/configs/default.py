@@ -132,6 +132,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.lpips_net = ""
     config.eval.lpips_backbone_weights = ""
     config.eval.lpips_lin_weights = ""
+    # Classical baselines in every evaluation (--mode=eval and the periodic one), beside the
+    # mean-colour fill on the same images and masks: OpenCV's cv2.inpaint, "telea" and / or
+    # "navier_stokes" (comma-separated; "" for none).
+    config.eval.classical_baselines = "telea,navier_stokes"
     config.eval.sheet_images = 8  # --mode=eval: images per band in eval/step_N/sheet_BAND.png
 
     return config
