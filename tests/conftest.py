@@ -116,6 +116,20 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 
+# The command-line form of a tiny run (with --config.num_train_steps): the same programs in every
+# test that starts one, so the compilation cache serves them all.
+TINY_FLAGS = [
+    "--config.image_size=32",
+    "--config.batch_size=2",
+    "--config.log_every_steps=2",
+    "--config.image_every_steps=4",
+    "--config.checkpoint_every_steps=2",
+    "--config.eval_every_steps=4",
+    "--config.eval.num_images=4",
+    "--config.eval.batch_size=2",
+]
+
+
 def _node(config, key: str):
     """The ConfigDict that holds the dotted ``key``'s last part."""
     for part in key.split(".")[:-1]:
