@@ -151,6 +151,9 @@ def tiny_config(**overrides):
     settings.update(image_size=32, batch_size=2, num_train_steps=4, log_every_steps=2,
                     image_every_steps=0, checkpoint_every_steps=2, eval_every_steps=0)
     settings.update({"data.num_workers": 0, "data.skimage_num_images": 64})
+    # The demo's schedule (a 50-step warm-up, cosine) would leave 4 steps at lr ~0: the steps'
+    # tests keep the constant 2e-4 they were written for.
+    settings.update(learning_rate=2e-4, lr_schedule="constant", warmup_steps=0)
     for key, value in {**settings, **overrides}.items():
         _node(config, key)[key.rpartition(".")[2]] = value
     return config
