@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from isnet_jax import cli, errors, masks
+from isnet_jax import cli, errors, images, masks
 from isnet_jax import inpainter as inpainter_lib
 
 # A local tool: no usage statistics leave the machine (gradio sends them unless told not to).
@@ -79,7 +79,7 @@ def _file_name(payload: Any) -> str:
 
 def _unreadable(what: str, payload: Any, error: BaseException) -> Exception:
     if isinstance(error, Image.DecompressionBombError):
-        return _reject(f"The {what} {_file_name(payload)} is too large to decode: {error}")
+        return _reject(f"The {what} {_file_name(payload)}: {images.too_large(error)}.")
     return _reject(
         f"The {what} {_file_name(payload)} is not an image this page can read "
         "(PNG, JPEG, WebP, TIFF, BMP, ...); upload an image file."

@@ -16,7 +16,6 @@ the project is here: the model-only restores (evaluation, inference, ``config.in
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import jax
@@ -125,39 +124,14 @@ def _damaged(mngr: ocp.CheckpointManager, step: int, items, error: BaseException
 
 
 def _restore(mngr: ocp.CheckpointManager, step: int, /, **args) -> Any:
-    """``mngr.restore`` of these items; any failure to read them is a DamagedCheckpointError."""
-    _quiet_abandoned_reads()
+    """``mngr.restore`` of these items; any failure to read them is a DamagedCheckpointError.
+
+    After a failure Orbax's abandoned reads print their own errors as they are collected: the
+    command lines drop those (``cli.quiet_abandoned_reads``)."""
     try:
         return mngr.restore(step, args=ocp.args.Composite(**args))
     except Exception as e:  # noqa: BLE001 - Orbax raises plain Exception for unreadable data
         raise _damaged(mngr, step, args, e) from None
-
-
-def _loop_closed(kind, value) -> bool:
-    return kind is RuntimeError and str(value) == "Event loop is closed"
-
-
-def _quiet_abandoned_reads() -> None:
-    """When a restore fails, Orbax abandons its other array reads: as they are finalised (at
-    exit at the latest) Python prints each one's exception with TensorStore's whole spec, and
-    a read that completes after Orbax closed its event loop prints "Event loop is closed" from
-    TensorStore's callback thread: hundreds of lines after the one error that matters. Those
-    two messages, and only those, are dropped (installed once, on the first read)."""
-    if getattr(sys.unraisablehook, "isnet_jax_quiet_reads", False):
-        return
-    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
-
-    def unraisable(info) -> None:
-        if not (str(info.exc_value).startswith("Encountered error while reading")
-                or _loop_closed(type(info.exc_value), info.exc_value)):
-            previous_unraisable(info)
-
-    def excepthook(kind, value, traceback) -> None:
-        if not _loop_closed(kind, value):
-            previous_except(kind, value, traceback)
-
-    unraisable.isnet_jax_quiet_reads = True
-    sys.unraisablehook, sys.excepthook = unraisable, excepthook
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:

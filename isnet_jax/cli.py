@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
+import logging
+import os
 import signal
 import sys
 import threading
@@ -109,6 +112,99 @@ def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
                 signal.signal(signal.SIGINT, previous)
 
 
+def _loop_closed(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == "Event loop is closed"
+
+
+def quiet_abandoned_reads() -> None:
+    """When a restore fails, Orbax abandons its other array reads: as they are finalised (at
+    exit at the latest) Python prints each one's exception with TensorStore's whole spec, and
+    a read that completes after Orbax closed its event loop prints "Event loop is closed" from
+    TensorStore's callback thread: hundreds of lines after the one error that matters. Those
+    two messages, and only those, are dropped. Process-wide hooks: each command line installs
+    them (``run_cli``, ``main``); a library leaves them to its caller."""
+    if getattr(sys.unraisablehook, "isnet_jax_quiet_reads", False):
+        return
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
+
+    def unraisable(info) -> None:
+        if not (str(info.exc_value).startswith("Encountered error while reading")
+                or _loop_closed(type(info.exc_value), info.exc_value)):
+            previous_unraisable(info)
+
+    def excepthook(kind, value, traceback) -> None:
+        if not _loop_closed(kind, value):
+            previous_except(kind, value, traceback)
+
+    unraisable.isnet_jax_quiet_reads = True
+    sys.unraisablehook, sys.excepthook = unraisable, excepthook
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops Orbax's and grain's INFO chatter (dozens of lines a save) and JAX's report of the
+    accelerators it did not find; keeps every warning."""
+
+    _NOISY = ("/orbax/", "/grain/", "/array_record/", "/jax/_src/xla_bridge.py")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not any(
+            part in record.pathname for part in self._NOISY
+        )
+
+
+def quiet_library_logs(handler: logging.Handler) -> None:
+    """Routes the libraries' INFO lines that concern no user away from ``handler``."""
+    handler.addFilter(_QuietLibraries())
+
+
+_TF_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
+def import_tensorflow() -> Any:
+    """``import tensorflow``, without the lines it prints on import that concern no user: the
+    oneDNN notice, twice, each after "All log messages before absl::InitializeLog()". Its C++
+    code writes them to the process's stderr (``TF_CPP_MIN_LOG_LEVEL`` no longer reaches them),
+    so file descriptor 2 is caught for the import and every other line is written back."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            import tensorflow as tf
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in _TF_NOTICES):
+                    sys.stderr.write(line)
+            sys.stderr.flush()
+    return tf
+
+
+def leave(status: int) -> None:
+    """Flushes and exits at once. Everything is saved and waited for by now; Python's own
+    teardown with XLA's, grain's and Orbax's threads still running can hang or crash after an
+    interrupt (seen: a segfault when Ctrl-C came during compilation), and after a failed
+    restore TensorStore's threads print "Event loop is closed" tracebacks while it runs."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def leave_interrupted(resume: str) -> None:
+    """The end of a command stopped by Ctrl-C: one line, ``resume`` (how to go on), 130."""
+    # Out of the except block the traceback's frames are free: collecting them lets the data
+    # loader's semaphores be released before os._exit (else the resource tracker warns of
+    # "leaked" ones).
+    gc.collect()
+    print(f"interrupted (Ctrl-C); {resume}", file=sys.stderr)
+    leave(EXIT_INTERRUPTED)
+
+
 def run_cli(body: Callable[[], int], interrupted: str) -> int:
     """Runs a command-line tool's work and returns its exit status.
 
@@ -116,6 +212,7 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
     Ctrl-C gives one line, ``interrupted (Ctrl-C); <interrupted>``, and ``EXIT_INTERRUPTED``;
     any other exception is a bug and propagates with its traceback.
     """
+    quiet_abandoned_reads()
     try:
         with ctrl_c_kept():
             return body()

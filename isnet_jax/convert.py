@@ -155,8 +155,8 @@ def _fill(
     ignored: Callable[[str], bool] = lambda key: False,
 ) -> None:
     """Copies ``sd`` into the abstract ``module``: every key used once, every shape checked."""
-    torch_weights.fill_convs(module, pairs, sd, path, what, ignored,
-                             hint=_wrong_kind_hint(sd, wanted))
+    torch_weights.fill(module, torch_weights.conv_targets(module, pairs), sd, path, what,
+                       ignored, hint=_wrong_kind_hint(sd, wanted))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def official_state_dict(module: nnx.Module) -> collections.OrderedDict[str, np.n
             f"{type(module).__name__}"
         )
     sd = collections.OrderedDict()
-    for key, (variable, shape, _) in torch_weights.conv_targets(pairs).items():
+    for key, (variable, shape, _) in torch_weights.conv_targets(module, pairs).items():
         value = np.asarray(jax.device_get(variable.get_value()), np.float32)
         sd[key] = torch_weights.hwio_to_oihw(value) if value.ndim == 4 else value
         assert sd[key].shape == shape, (key, sd[key].shape, shape)

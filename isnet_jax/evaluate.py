@@ -5,7 +5,7 @@ restores the generator alone (no optimiser state), runs the eval split against t
 deterministic evaluation masks of each band and writes ``DIR/eval/step_N/{results.json,
 table.md}`` and TensorBoard scalars. Metrics are computed on the composite, on the devices,
 batched and sharded like training; sums are reduced on the devices so any number of hosts works.
-With weight files in ``config.eval`` it adds FID and LPIPS per band (``isnet_jax.perceptual``),
+With weight files in ``config.eval`` it adds FID and LPIPS per band (``isnet_jax.fid_lpips``),
 and it writes an image sheet per band (``sheet_BAND.png``, and to TensorBoard).
 """
 
@@ -28,10 +28,10 @@ from isnet_jax import (
     checkpoint,
     classical,
     errors,
+    fid_lpips,
     input_pipeline,
     metrics,
     models,
-    perceptual,
     sharding,
     sheets,
     summaries,
@@ -49,7 +49,7 @@ PAPER_ROWS = (
     ("SSIM", "ssim", "{:.3f}"),
     ("L1 (%)", "l1_percent", "{:.2f}"),
 )
-BASELINE = perceptual.BASELINE  # key prefix of the mean-colour fill's metrics
+BASELINE = fid_lpips.BASELINE  # key prefix of the mean-colour fill's metrics
 BASELINE_NAME = "mean-colour fill"
 # Every baseline a table can show: (key prefix in the results, name in the table).
 BASELINES = ((BASELINE, BASELINE_NAME),) + tuple(
@@ -126,7 +126,7 @@ class MetricSums:
         self,
         g_state,
         dataset,
-        band: perceptual.BandAccumulator | None = None,
+        band: fid_lpips.BandAccumulator | None = None,
         sheet: SheetRows | None = None,
     ) -> dict[str, float]:
         """Means of every metric over one pass of ``dataset`` (eval batches with ``valid``);
@@ -197,7 +197,7 @@ def evaluate_bands(
     mesh,
     num_images: int,
     bands=BANDS,
-    perceptual_metrics: perceptual.PerceptualMetrics | None = None,
+    perceptual_metrics: fid_lpips.PerceptualMetrics | None = None,
     sheet_images: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{band label: {metric: mean}}`` over the eval split for each hole-ratio band.
@@ -326,7 +326,7 @@ def evaluate_checkpoint(
     # Every weight file is read and checked before the long work, and before anything is
     # written; so is the choice of baselines.
     classical_baselines(config)
-    perceptual_metrics = perceptual.PerceptualMetrics.from_config(config, mesh)
+    perceptual_metrics = fid_lpips.PerceptualMetrics.from_config(config, mesh)
     dtype = models.compute_dtype(config)
     generator, meta = checkpoint.restore_generator(path, step, dtype=dtype)
     logging.info(

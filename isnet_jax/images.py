@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -31,8 +32,12 @@ def decoded(path: pathlib.Path, what: str, decode: Callable[[Image.Image], Any])
     every one of them is a problem of that one image, not a reason to stop the run.
     """
     try:
-        with Image.open(path) as image:
-            return decode(image)
+        with warnings.catch_warnings():
+            # Between PIL's limit and twice it PIL only warns (a bare "warnings.warn(" line
+            # under the message); above twice it refuses, which ``too_large`` words.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                return decode(image)
     except Image.DecompressionBombError as e:
         raise InputError(f"cannot read {what} {path}: {too_large(e)}") from None
     except Exception as e:  # noqa: BLE001 - see above: PIL's errors have no common type
@@ -44,11 +49,11 @@ def decoded(path: pathlib.Path, what: str, decode: Callable[[Image.Image], Any])
 def too_large(error: Image.DecompressionBombError) -> str:
     """PIL's refusal of a huge image, in words: how large, and what limit applies."""
     pixels = [int(n) for n in str(error).replace("(", " ").split() if n.isdigit()]
-    size = f" ({pixels[0] / 1e6:.0f} megapixels)" if pixels else ""
+    size = f" ({pixels[0]:,} pixels)" if pixels else ""
     limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
-    return (f"the image is too large to decode safely{size}: PIL refuses images above "
-            f"{limit / 1e6:.0f} megapixels (twice PIL.Image.MAX_IMAGE_PIXELS) as possible "
-            "decompression bombs; scale it down first")
+    return (f"the image is too large to decode{size}: PIL refuses images of more than "
+            f"{limit:,} pixels (twice PIL.Image.MAX_IMAGE_PIXELS) as possible decompression "
+            "bombs; scale it down first")
 
 
 def header_size(path: pathlib.Path, what: str) -> tuple[int, int]:

@@ -5,7 +5,7 @@ attribute paths spell the torch module names, so most of the mapping is mechanic
 path ``a.b`` reads ``a.b.weight`` (OIHW, transposed to HWIO) and ``a.b.bias``; a BatchNorm reads
 ``weight``, ``bias``, ``running_mean``, ``running_var`` (``conv_norm_targets``). ISNet's own
 ``models.Conv`` (the generator, discriminator and VGG19) is named pair by pair by the module
-that owns the network, and mapped here (``conv_targets``, ``fill_convs``): ``weight`` or, under
+that owns the network, and mapped here (``conv_targets``): ``weight`` or, under
 spectral norm, ``weight_orig``, ``weight_u``, ``weight_v``, and ``bias``. A key the file has and
 we lack, or the reverse, or a shape that differs, is an error naming the file, never a silent
 skip.
@@ -126,8 +126,12 @@ def hwio_to_oihw(w: np.ndarray) -> np.ndarray:
     return w.transpose(3, 2, 0, 1)
 
 
-def conv_targets(pairs: ConvPairs) -> Targets:
-    """Targets of ISNet's ``models.Conv`` s, each under its torch module name."""
+def conv_targets(module: nnx.Module, pairs: ConvPairs) -> Targets:
+    """Targets of ISNet's ``models.Conv`` s, each under its torch module name; ``pairs`` must
+    name every conv of ``module`` (every node of the pairs' conv class)."""
+    kinds = {type(conv) for _, conv in pairs}
+    every_conv = {id(m) for _, m in nnx.iter_graph(module) if type(m) in kinds}
+    assert every_conv == {id(conv) for _, conv in pairs}, "a conv has no torch name"
     same = np.asarray
     targets: Targets = {}
     for prefix, conv in pairs:
@@ -144,23 +148,6 @@ def conv_targets(pairs: ConvPairs) -> Targets:
             assert key not in targets, f"two of our convs map to {key}"
             targets[key] = entry
     return targets
-
-
-def fill_convs(
-    module: nnx.Module,
-    pairs: ConvPairs,
-    sd: Mapping[str, np.ndarray],
-    path: pathlib.Path,
-    what: str,
-    ignored: Callable[[str], bool] = lambda key: False,
-    hint: str | None = None,
-) -> None:
-    """``fill`` with ``conv_targets(pairs)``, after checking that ``pairs`` names every conv of
-    ``module`` (every node of the pairs' conv class)."""
-    kinds = {type(conv) for _, conv in pairs}
-    every_conv = {id(m) for _, m in nnx.iter_graph(module) if type(m) in kinds}
-    assert every_conv == {id(conv) for _, conv in pairs}, f"a conv of {what} has no torch name"
-    fill(module, conv_targets(pairs), sd, path, what, ignored, hint)
 
 
 def _few(keys: Sequence[str], n: int = 4) -> str:

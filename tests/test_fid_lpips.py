@@ -200,7 +200,7 @@ def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
 
 
 def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
-    from isnet_jax import perceptual, sharding
+    from isnet_jax import fid_lpips, sharding
 
     a, b = _synthetic("sqrtm_fails")
     with pytest.raises(ValueError, match="Imaginary component") as theirs:
@@ -218,12 +218,12 @@ def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
     assert ours == pytest.approx(stored, abs=noise)
     exact = fid.frechet_distance(a, b, method="eigh")
     # The evaluation keeps going: that band's value from the eigendecomposition, and a note.
-    metrics = perceptual.PerceptualMetrics(sharding.create_mesh(None), fid_method="sqrtm")
+    metrics = fid_lpips.PerceptualMetrics(sharding.create_mesh(None), fid_method="sqrtm")
     metrics._reference = fid.Reference(*fid.statistics(b), "sqrtm")
     stats = fid.FeatureStats(a.shape[1])
     stats.update(a)
     with caplog.at_level(logging.WARNING):
-        value = perceptual.BandAccumulator(metrics, "20-30%")._distance("fid", stats)
+        value = fid_lpips.BandAccumulator(metrics, "20-30%")._distance("fid", stats)
     assert value == pytest.approx(exact, rel=1e-9)
     (note,) = metrics.fallbacks  # (the streamed covariance rounds differently from np.cov's)
     assert note.startswith("fid of 20-30%: FID: the matrix square root has an imaginary")
@@ -417,36 +417,36 @@ def _eval_config(**fields):
 
 
 def test_eval_config_loads_and_checks_the_weight_files(weight_files):
-    from isnet_jax import perceptual, sharding
+    from isnet_jax import fid_lpips, sharding
 
     mesh = sharding.create_mesh(None)
-    none = perceptual.PerceptualMetrics.from_config(_eval_config(), mesh)
+    none = fid_lpips.PerceptualMetrics.from_config(_eval_config(), mesh)
     assert not none.fid and not none.lpips
     assert none.not_computed().startswith("FID and LPIPS not computed: set config.eval.fid")
     # The net is read from the backbone file when lpips_net is empty.
-    only_lpips = perceptual.PerceptualMetrics.from_config(_eval_config(
+    only_lpips = fid_lpips.PerceptualMetrics.from_config(_eval_config(
         lpips_backbone_weights=str(weight_files["vgg16"]),
         lpips_lin_weights=str(weight_files["lin_vgg"])), mesh)
     assert only_lpips.lpips and only_lpips.lpips_net == "vgg"
     assert only_lpips.not_computed().startswith("FID not computed: set config.eval.fid_weights")
     with pytest.raises(pth.PthError, match=r"^config.eval.lpips_backbone_weights: "
                        + re.escape(str(weight_files["vgg16"])) + ".*net='vgg'"):
-        perceptual.PerceptualMetrics.from_config(_eval_config(
+        fid_lpips.PerceptualMetrics.from_config(_eval_config(
             lpips_net="alex", lpips_backbone_weights=str(weight_files["vgg16"]),
             lpips_lin_weights=str(weight_files["lin_alex"])), mesh)
     with pytest.raises(pth.PthError, match=r"^config.eval.lpips_lin_weights: "
                        + re.escape(str(weight_files["lin_vgg"]))):
-        perceptual.PerceptualMetrics.from_config(_eval_config(
+        fid_lpips.PerceptualMetrics.from_config(_eval_config(
             lpips_backbone_weights=str(weight_files["alexnet"]),
             lpips_lin_weights=str(weight_files["lin_vgg"])), mesh)
     with pytest.raises(errors.ConfigError, match="lpips_lin_weights is not"):
-        perceptual.PerceptualMetrics.from_config(_eval_config(
+        fid_lpips.PerceptualMetrics.from_config(_eval_config(
             lpips_backbone_weights=str(weight_files["alexnet"])), mesh)
     with pytest.raises(pth.PthError, match=r"^config.eval.fid_weights: .*alexnet-owt-random"):
-        perceptual.PerceptualMetrics.from_config(_eval_config(
+        fid_lpips.PerceptualMetrics.from_config(_eval_config(
             fid_weights=str(weight_files["alexnet"])), mesh)
     with pytest.raises(errors.ConfigError, match="fid_method must be one of sqrtm, eigh"):
-        perceptual.PerceptualMetrics.from_config(_eval_config(fid_method="svd"), mesh)
+        fid_lpips.PerceptualMetrics.from_config(_eval_config(fid_method="svd"), mesh)
     # What --mode=eval turns into one "error:" line (main catches errors.UserError): a missing
     # file (once a bare FileNotFoundError, a traceback) names the config field too.
     truncated = weight_files["lin_alex"].with_name("lin-truncated.pth")
@@ -462,7 +462,7 @@ def test_eval_config_loads_and_checks_the_weight_files(weight_files):
          f"config.eval.lpips_lin_weights: {truncated} is a truncated or corrupt zip archive"),
     ]:
         with pytest.raises(error) as caught:
-            perceptual.PerceptualMetrics.from_config(_eval_config(**fields), mesh)
+            fid_lpips.PerceptualMetrics.from_config(_eval_config(**fields), mesh)
         assert isinstance(caught.value, errors.UserError) and str(caught.value).startswith(says)
     # FID of fewer than two images: a config mistake, said at the end of an evaluation.
     with pytest.raises(errors.ConfigError, match="config.eval.num_images_final"):

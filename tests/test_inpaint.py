@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -390,6 +391,34 @@ def test_bad_images_and_masks_are_one_line_each_and_the_run_goes_on(
         assert _status([*common, "--overwrite", "--input", given[0], "--mask", given[1]]) == 1
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and says in lines[0], lines
+
+
+def test_a_photo_too_large_to_decode_says_how_large_and_the_limit(
+    tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    """PIL refuses more than twice ``MAX_IMAGE_PIXELS`` (a decompression bomb) and only warns
+    between once and twice: the first is one line with both numbers, the second runs quietly.
+    (The limit is lowered here: 1,000 pixels, instead of a 179-megapixel photo.)"""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    common = ["--checkpoint", str(tiny_checkpoint), *BATCH]
+    for side, status in ((32, 1), (30, 0)):  # 1,024 pixels: refused; 900: read
+        image, mask = tmp_path / f"photo{side}.png", tmp_path / f"mask{side}.png"
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(image)
+        _save_mask(mask, _box_mask(side, side))
+        with warnings.catch_warnings():  # a warning that escaped would fail the read
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            assert _status([*common, "--input", str(image), "--mask", str(mask),
+                            "--output", str(tmp_path / "out")]) == status
+        err = capsys.readouterr().err
+        if status:
+            (line,) = _lines(err, "error:")
+            assert line.endswith(
+                f"photo32.png: cannot read image {image}: the image is too large to decode "
+                "(1,024 pixels): PIL refuses images of more than 1,000 pixels (twice "
+                "PIL.Image.MAX_IMAGE_PIXELS) as possible decompression bombs; scale it down "
+                "first"), line
+        else:
+            assert err == "" and (tmp_path / "out" / "photo30.png").exists()
 
 
 def test_a_damaged_newest_step_is_skipped_and_asking_for_it_is_one_line(

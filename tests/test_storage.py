@@ -14,7 +14,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from conftest import REPO
+from conftest import REPO, TINY_FLAGS
 from etils import epath
 from PIL import Image
 
@@ -78,16 +78,7 @@ def test_tensorboard_events_land_in_the_bucket_and_tensorboard_reads_them(gs_dir
     assert start.hparams["model.generator"].string_value == "isnet"
 
 
-_TINY = [  # test_main's tiny run: the same programs, so the compilation cache serves both
-    "--config.image_size=32",
-    "--config.batch_size=2",
-    "--config.log_every_steps=2",
-    "--config.image_every_steps=4",
-    "--config.checkpoint_every_steps=2",
-    "--config.eval_every_steps=4",
-    "--config.eval.num_images=4",
-    "--config.eval.batch_size=2",
-]
+_TINY = TINY_FLAGS  # test_main's tiny run: the compilation cache serves both
 
 
 def _main(*args: str) -> subprocess.CompletedProcess:

@@ -148,8 +148,8 @@ def load_torchvision_vgg19(
     prefix = "features." if full else ""
     pairs = [(f"{prefix}{index}", conv) for index, conv in zip(TORCH_INDICES, vgg.convs,
                                                                 strict=True)]
-    torch_weights.fill_convs(vgg, pairs, sd, path, _WHAT,
-                             ignored=lambda k: full and k.startswith("classifier."))
+    torch_weights.fill(vgg, torch_weights.conv_targets(vgg, pairs), sd, path, _WHAT,
+                       ignored=lambda k: full and k.startswith("classifier."))
     return vgg
 
 
