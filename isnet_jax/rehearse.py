@@ -248,9 +248,18 @@ class Rehearsal:
         return self._reference
 
 
+def _fresh_listings() -> None:
+    # gcsfs caches directory listings per process: this one must see what the hosts wrote since.
+    import gcsfs
+
+    for fs in list(gcsfs.GCSFileSystem._cache.values()):
+        fs.invalidate_cache()
+
+
 def saved_steps(workdir: str) -> list[int]:
     from isnet_jax import checkpoint
 
+    _fresh_listings()
     return checkpoint.all_steps(workdir)
 
 
@@ -263,6 +272,7 @@ def generator_distance(workdir_a: str, workdir_b: str, step: int) -> float:
 
     from isnet_jax import checkpoint
 
+    _fresh_listings()
     trees = [jax.tree.leaves(nnx.to_pure_dict(nnx.state(
         checkpoint.restore_generator(w, step)[0]))) for w in (workdir_a, workdir_b)]
     return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -483,6 +493,8 @@ def run_scenario(r: Rehearsal, name: str) -> Verdict:
         detail, ok = _FUNCTIONS[name](r), True
     except ScenarioFailed as e:
         detail, ok = str(e), False
+    except Exception as e:  # noqa: BLE001 - a scenario's own error is its verdict, not the end
+        detail, ok = f"{type(e).__name__}: {e}", False
     finally:
         kill_all_hosts()
     return Verdict(name, ok, time.monotonic() - start, detail)
