@@ -312,10 +312,10 @@ def single_process_check(workdir: str, overrides: str, hosts: str, step: str) ->
     import numpy as np
 
     from isnet_jax import checkpoint, evaluate, input_pipeline, sharding, train
-    from isnet_jax import main as main_lib
+    from isnet_jax.configs import demo
     from isnet_jax.inpaint import Inpainter
 
-    config = main_lib._load_config(str(main_lib._DEMO))
+    config = demo.get_config()
     for key, value in json.loads(overrides).items():
         node = config
         for part in key.split(".")[:-1]:
@@ -411,6 +411,9 @@ def lost_host(r: Rehearsal) -> str:
     with r.launch("lost_host", workdir) as run:
         # A checkpoint step's log line: its asynchronous save is in flight, the next step's
         # collectives about to start.
+        deadline = time.monotonic() + r.timeout  # step 2's save complete: one to resume from
+        while 2 not in saved_steps(workdir) and time.monotonic() < deadline:
+            time.sleep(0.5)
         run.wait_for(victim, r"step 4/", r.timeout)
         os.kill(run.procs[victim].pid, signal.SIGKILL)
         killed = time.monotonic()

@@ -21,7 +21,7 @@ HOSTS, DEVICES = 2, 2
 @pytest.fixture(scope="module")
 def rehearsal(gcs, tmp_path_factory):
     r = rehearse.Rehearsal(gcs, tmp_path_factory.mktemp("rehearsal_logs"), hosts=HOSTS,
-                           devices=DEVICES, model="tiny", steps=6)
+                           devices=DEVICES, model="tiny", steps=8)
     yield r
     rehearse.kill_all_hosts()
 
