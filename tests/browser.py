@@ -194,6 +194,23 @@ class Page:
     def click_inpaint(self) -> None:
         self.find("#inpaint")[0].click()
 
+    def first_inpaint_messages(self, timeout: float = 60.0) -> list[str]:
+        """Click Inpaint right after an upload and return the messages it shows.
+
+        Gradio hands the editor's photo to the server after an upload round trip of its own,
+        which the canvas does not wait for: on a loaded machine the first click can come
+        before it, and the page then rightly says the photo box is empty. Click again until
+        the server has the photo (or ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.click_inpaint()
+            messages = self.visible_messages()
+            empty = messages and messages[0].startswith("The photo box is empty")
+            if not empty or time.monotonic() > deadline:
+                return messages
+            self.close_messages()
+            time.sleep(1.0)
+
     def visible_messages(self) -> list[str]:
         """The messages once their toast is on screen (the text exists before it shows)."""
         wait_for(
