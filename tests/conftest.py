@@ -162,40 +162,30 @@ def tiny_config(**overrides):
 def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms.
 
-    ``g_grad`` / ``d_grad``: the worst array's ``||a - b|| / ||a||`` over Adam's first moments
-    of G / D (with the release's beta1 = 0 these are the last step's gradients); ``spectral``
-    the same over the power-iteration vectors. D's loss is a difference of two means that
-    nearly cancel from the release's initialisation (real and fake logits are both near 0), so
-    float32 rounding alone moves D's gradients by up to about 1e-2 (ISNET_REFERENCE.md).
-    ``param_outliers``: the fraction of parameter elements that differ by more than
-    ``learning_rate / 100``. The parameters themselves are ill-conditioned for this: Adam moves
-    each element by about ``lr * g / (|g| + 1e-8)``, the same for every gradient far above 1e-8,
-    so a rounding-level change of a gradient near 1e-8 moves its element by up to ``2 * lr``.
+    ``g_grad`` / ``d_grad`` and ``param_outliers`` are ``isnet_jax.rehearse.state_distance``'s
+    (the worst array's ``||a - b|| / ||a||`` over Adam's first moments; the share of parameter
+    elements more than ``learning_rate / 100`` apart, since Adam moves an element with a
+    near-zero gradient by up to ``2 * lr`` on a rounding-level change). ``spectral``: the worst
+    relative distance of the power-iteration vectors. D's loss is a difference of two means that
+    nearly cancel from the release's initialisation, so float32 rounding alone moves D's
+    gradients by up to about 1e-2 (ISNET_REFERENCE.md).
     """
     import jax
     import numpy as np
 
-    def worst(key, x, y):
+    from isnet_jax import rehearse
+
+    def worst(x, y):
         flat_x, flat_y = jax.tree.leaves(x), jax.tree.leaves(y)
-        assert len(flat_x) == len(flat_y) > 0, key
+        assert len(flat_x) == len(flat_y) > 0
         return max(
             float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
                   / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
             for u, v in zip(flat_x, flat_y, strict=True)
         )
 
-    def moments(state, n):  # apply_if_finite(adam): inner_state[0] is Adam's state
-        return state[f"{n}_opt"].inner_state[0].mu
-
-    result = {f"{n}_grad": worst(n, moments(a, n), moments(b, n)) for n in ("g", "d")}
-    result["spectral"] = max(worst(k, a[k], b[k]) for k in ("g_spectral", "d_spectral"))
-    far = total = 0
-    for key in ("g_params", "d_params"):
-        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
-            diff = np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))
-            far += int(np.sum(diff > learning_rate / 100))
-            total += diff.size
-    result["param_outliers"] = far / total
+    result = rehearse.state_distance(a, b, learning_rate)
+    result["spectral"] = max(worst(a[k], b[k]) for k in ("g_spectral", "d_spectral"))
     return result
 
 
