@@ -118,7 +118,7 @@ def watch(timeout: float = DEFAULT_TIMEOUT_S) -> Watchdog | None:
 
     if jax.process_count() == 1 or timeout <= 0:
         return None
-    import orbax.checkpoint as ocp  # JAX exports no name for its coordination client; Orbax does
+    from isnet_jax import sharding
 
-    client = ocp.multihost.get_jax_distributed_client()
-    return Watchdog(client, jax.process_index(), jax.process_count(), timeout).start()
+    return Watchdog(sharding.coordination_client(), jax.process_index(), jax.process_count(),
+                    timeout).start()

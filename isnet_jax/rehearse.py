@@ -313,7 +313,7 @@ def single_process_check(workdir: str, overrides: str, hosts: str, step: str) ->
 
     from isnet_jax import checkpoint, evaluate, input_pipeline, sharding, train
     from isnet_jax.configs import demo
-    from isnet_jax.inpaint import Inpainter
+    from isnet_jax.inpainter import Inpainter
 
     config = demo.get_config()
     for key, value in json.loads(overrides).items():

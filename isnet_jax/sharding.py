@@ -71,10 +71,14 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
     """
     if jax.process_count() == 1:
         return
+    coordination_client().wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def coordination_client():
+    """JAX's distributed-runtime client (barriers, key-value store) of this process."""
     import orbax.checkpoint as ocp  # JAX exports no name for its coordination client; Orbax does
 
-    client = ocp.multihost.get_jax_distributed_client()
-    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+    return ocp.multihost.get_jax_distributed_client()
 
 
 def put_global(tree, shardings):
