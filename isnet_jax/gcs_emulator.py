@@ -59,7 +59,10 @@ def _free_port() -> int:
 #   (2026.7) omits: TensorStore reads an object's generation from it, takes a missing one for
 #   0, and then refuses the conditional write that OCDBT makes to its manifest ("Malformed
 #   StorageGeneration"): Orbax saves failed at random without it.
-_LAUNCHER = """
+# - objects.move (POST .../o/SRC/moveTo/o/DST), which real GCS serves and gcsfs uses for every
+#   rename: the emulator answered 501, which gcsfs retries with back-off before copying, so
+#   setting aside an unfinished checkpoint step took 90 s and logged a traceback per file.
+_LAUNCHER = r"""
 import ctypes, os, runpy, signal, sys
 if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
@@ -77,6 +80,23 @@ def download(request, response, storage, *args, **kwargs):
         response["x-goog-generation"] = str(obj["generation"])
         response["x-goog-metageneration"] = str(obj.get("metageneration", 1))
 objects.download = download
+from http import HTTPStatus
+from gcp_storage_emulator import server, settings
+from gcp_storage_emulator.exceptions import NotFound
+def move(request, response, storage, *args, **kwargs):
+    bucket, source = request.params["bucket_name"], request.params["object_id"]
+    try:
+        moved = objects._copy(request.base_url, storage, bucket, source, bucket,
+                              request.params["dest_object_id"])
+    except NotFound:
+        response.status = HTTPStatus.NOT_FOUND
+        return
+    objects._delete(storage, bucket, source)
+    response.json(moved)
+server.HANDLERS = tuple(
+    (rf"^{prefix}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"
+     rf"(?P<dest_object_id>.*[^/]+)$", {"POST": move})
+    for prefix in (settings.API_ENDPOINT, "")) + tuple(server.HANDLERS)
 sys.argv = ["gcp-storage-emulator"] + sys.argv[2:]
 runpy.run_module("gcp_storage_emulator", run_name="__main__")
 """

@@ -14,7 +14,8 @@ Storage emulator (``gcs_emulator``), and the things that happen to such runs:
                 ``LOST_HOST_BOUND_S`` with one line naming the lost process; a restart resumes
                 from the newest complete step, naming the unfinished one it skips
   bucket_fault  the bucket goes away during a save and comes back: the run retries or stops
-                with one line naming the bucket path; no step is half-committed; resume works
+                with one line naming the bucket path (then the same command resumes); no
+                step is half-committed: the last restores to the uninterrupted run's weights
   host_count    a resume on another host count (4 -> 2): one line saying what to pass; with
                 --config.data.resume_position=False it trains on
 
@@ -430,11 +431,15 @@ def lost_host(r: Rehearsal) -> str:
                + run.tail(others[0]))
     complete = saved_steps(workdir)
     expect(bool(complete), "no complete checkpoint survived")
-    with r.launch("lost_host_resume", workdir) as run:
+    # Two steps past the resume point are enough to show it: one more save, into the step
+    # number the unfinished save had left behind.
+    with r.launch("lost_host_resume", workdir, num_train_steps=complete[-1] + 2) as run:
         run.finish(r.timeout)
         log = run.log(0)
     expect(f"Resuming from the checkpoint of step {complete[-1]}" in log,
            f"the restart did not resume from step {complete[-1]}")
+    expect(saved_steps(workdir)[-1] == complete[-1] + 2,
+           f"the restart did not save step {complete[-1] + 2}: {saved_steps(workdir)}")
     skipped = re.search(r"unfinished checkpoint of step (\d+)", log)
     aside = f", named and set aside the unfinished step {skipped.group(1)}" if skipped else ""
     return (f"kill -9 of host {victim} after step 4: others stopped in {stopped:.0f} s "
@@ -443,6 +448,7 @@ def lost_host(r: Rehearsal) -> str:
 
 
 def bucket_fault(r: Rehearsal) -> str:
+    reference = r.reference()
     workdir = r.workdir("bucket_fault")
     outage = 5.0
     with r.launch("bucket_fault", workdir) as run:
@@ -452,19 +458,26 @@ def bucket_fault(r: Rehearsal) -> str:
         r.bucket.start()
         codes = run.wait(r.timeout)
         logs = [run.log(i) for i in range(r.hosts)]
+    steps = saved_steps(workdir)
     if all(c == 0 for c in codes):
         outcome = f"the run retried through a {outage:.0f} s outage and finished"
+        expect(steps[-1] == r.steps, f"the hosts exited 0 but the last complete step is "
+               f"{steps[-1] if steps else None}, not {r.steps}: {steps}")
     else:
         lines = [line for log in logs for line in log.splitlines() if line.startswith("error:")]
         expect(bool(lines) and all(workdir in line for line in lines),
                f"the run failed (status {codes}) without one error line naming {workdir}")
         outcome = f"stopped with: {lines[0][:100]}"
-    steps = saved_steps(workdir)
-    with r.launch("bucket_fault_resume", workdir) as run:
-        run.finish(r.timeout)
-    final = saved_steps(workdir)
-    expect(final[-1] == r.steps, f"the resume did not reach step {r.steps}: {final}")
-    return f"{outcome}; complete steps then {steps}; resumed to step {r.steps}"
+        with r.launch("bucket_fault_resume", workdir) as run:
+            run.finish(r.timeout)
+        expect(saved_steps(workdir)[-1] == r.steps, f"the resume did not reach step {r.steps}")
+    # The steps saved around the outage are whole: the last one restores in this process and
+    # holds what the uninterrupted run holds.
+    distance = generator_distance(reference, workdir, r.steps)
+    expect(distance < 1e-5, f"step {r.steps} after the outage differs from the uninterrupted "
+           f"run's by {distance:.2e}")
+    return (f"{outcome}; complete steps then {steps}; step {r.steps} restores and equals the "
+            f"uninterrupted run (max |dG| {distance:.0e})")
 
 
 def host_count(r: Rehearsal) -> str:
