@@ -74,8 +74,10 @@ def main(argv: list[str]) -> None:
             raise
         # Several processes: JAX's exit waits up to 5 minutes for the others, which wait in a
         # collective for this one; leaving now lets their watchdogs name it within seconds.
-        traceback.print_exc()
+        # A peer's closed connection first waits for the watchdog's one line naming the lost
+        # process (which ends this one): the collective's traceback would only bury it.
         watchdog.explain(sys.exc_info()[1])
+        traceback.print_exc()
         cli.leave(1)
     if watchdog is not None:  # finished: the others must not take its silence for a loss
         watchdog.stop()
