@@ -50,7 +50,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# Runs the emulator's CLI in the child, with two fixes:
+# Runs the emulator's CLI in the child, with these fixes:
 # - On Linux it first asks for SIGTERM when the process that started it dies
 #   (PR_SET_PDEATHSIG), even by kill -9, so no emulator outlives a killed test run or
 #   rehearsal; elsewhere atexit and stop() are all there is. (A preexec_fn would do the same
@@ -62,6 +62,10 @@ def _free_port() -> int:
 # - objects.move (POST .../o/SRC/moveTo/o/DST), which real GCS serves and gcsfs uses for every
 #   rename: the emulator answered 501, which gcsfs retries with back-off before copying, so
 #   setting aside an unfinished checkpoint step took 90 s and logged a traceback per file.
+# - Its metadata file (every object ever written, deleted ones too: 7 days of soft delete) is
+#   rewritten as indented JSON, by Python's slow encoder, after every write and delete: 29 ms a
+#   write once 2,000 objects exist, so a test session's bucket slowed every save and rename.
+#   Compact JSON (the C encoder) and hard deletes (nothing here reads soft-deleted objects).
 _LAUNCHER = r"""
 import ctypes, os, runpy, signal, sys
 if sys.platform.startswith("linux"):
@@ -97,6 +101,14 @@ server.HANDLERS = tuple(
     (rf"^{prefix}/b/(?P<bucket_name>[-.\w]+)/o/(?P<object_id>.*[^/]+)/moveTo/o/"
      rf"(?P<dest_object_id>.*[^/]+)$", {"POST": move})
     for prefix in (settings.API_ENDPOINT, "")) + tuple(server.HANDLERS)
+import json
+from gcp_storage_emulator import storage
+def write_meta(self):
+    data = {key: getattr(self, key) for key in
+            ("buckets", "objects", "resumable", "bucket_iam_policies", "soft_deleted")}
+    self._store.write_bytes(".meta", json.dumps(data, separators=(",", ":")).encode())
+storage.Storage._write_config_to_file = write_meta
+storage.DEFAULT_SOFT_DELETE_RETENTION_SECONDS = 0
 sys.argv = ["gcp-storage-emulator"] + sys.argv[2:]
 runpy.run_module("gcp_storage_emulator", run_name="__main__")
 """
