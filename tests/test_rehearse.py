@@ -27,9 +27,8 @@ def rehearsal(gcs, tmp_path_factory):
 
 
 # In the script's order: exact makes the uninterrupted reference run that preemption and
-# bucket_fault compare with and host_count resumes. One xdist worker takes the whole module
-# (the xdist_group below, with setup.cfg's --dist=loadgroup), so the reference is made once.
-@pytest.mark.xdist_group("rehearsal")
+# bucket_fault compare with and host_count resumes. One xdist worker takes the whole file
+# (setup.cfg's --dist=loadfile), so the reference is made once.
 @pytest.mark.parametrize("name", rehearse.SCENARIOS)
 def test_scenario(rehearsal, name):
     verdict = rehearse.run_scenario(rehearsal, name)
