@@ -220,3 +220,12 @@ def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600,
         except ProcessLookupError:
             pass
     return proc, "".join(log) + rest
+
+
+def pytest_collection_modifyitems(items):
+    # The rehearsal's file is the suite's longest unit of work (one xdist worker takes the whole
+    # file, setup.cfg's --dist=loadfile): it starts first, so that the other files fill the
+    # other worker around it instead of leaving it to run alone at the end. setup.cfg's
+    # --no-loadscope-reorder keeps this order (xdist would otherwise start the files with the
+    # most tests first, and this one has five).
+    items.sort(key=lambda item: item.path.name != "test_rehearse.py")
