@@ -116,19 +116,34 @@ def _loop_closed(kind, value) -> bool:
     return kind is RuntimeError and str(value) == "Event loop is closed"
 
 
+def _abandoned_read(value) -> bool:
+    return str(value).startswith("Encountered error while reading")
+
+
+class _AbandonedReads(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for Orbax's abandoned reads: a
+    read task collected while its event loop still runs is reported through the ``asyncio``
+    logger, not through ``sys.unraisablehook``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ("exception was never retrieved" in str(record.msg) and _abandoned_read(exc))
+
+
 def quiet_abandoned_reads() -> None:
     """When a restore fails, Orbax abandons its other array reads: as they are finalised (at
     exit at the latest) Python prints each one's exception with TensorStore's whole spec, and
     a read that completes after Orbax closed its event loop prints "Event loop is closed" from
-    TensorStore's callback thread: hundreds of lines after the one error that matters. Those
-    two messages, and only those, are dropped. Process-wide hooks: each command line installs
-    them (``run_cli``, ``main``); a library leaves them to its caller."""
+    TensorStore's callback thread, and a read task collected while the loop still runs is
+    logged by asyncio ("Task exception was never retrieved"): hundreds of lines after the one
+    error that matters. Those messages, and only those, are dropped. Process-wide hooks: each
+    command line installs them (``run_cli``, ``main``); a library leaves them to its caller."""
     if getattr(sys.unraisablehook, "isnet_jax_quiet_reads", False):
         return
     previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
     def unraisable(info) -> None:
-        if not (str(info.exc_value).startswith("Encountered error while reading")
+        if not (_abandoned_read(info.exc_value)
                 or _loop_closed(type(info.exc_value), info.exc_value)):
             previous_unraisable(info)
 
@@ -138,6 +153,7 @@ def quiet_abandoned_reads() -> None:
 
     unraisable.isnet_jax_quiet_reads = True
     sys.unraisablehook, sys.excepthook = unraisable, excepthook
+    logging.getLogger("asyncio").addFilter(_AbandonedReads())
 
 
 class _QuietLibraries(logging.Filter):
