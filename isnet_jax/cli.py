@@ -157,10 +157,11 @@ def quiet_abandoned_reads() -> None:
 
 
 class _QuietLibraries(logging.Filter):
-    """Drops Orbax's and grain's INFO chatter (dozens of lines a save) and JAX's report of the
-    accelerators it did not find; keeps every warning."""
+    """Drops Orbax's and grain's INFO chatter (dozens of lines a save), fsspec's (a line per
+    file gcsfs opens in a ``gs://`` workdir) and JAX's report of the accelerators it did not
+    find; keeps every warning."""
 
-    _NOISY = ("/orbax/", "/grain/", "/array_record/", "/jax/_src/xla_bridge.py")
+    _NOISY = ("/orbax/", "/grain/", "/array_record/", "/fsspec/", "/jax/_src/xla_bridge.py")
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING or not any(

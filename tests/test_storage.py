@@ -132,6 +132,7 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
     _main(f"--workdir={workdir}", *_TINY, "--config.num_train_steps=2")
     out = _main(f"--workdir={workdir}", *_TINY, "--config.num_train_steps=4")
     assert f"Resuming from the checkpoint of step 2 in {workdir}/checkpoints" in out.stderr
+    assert "AdaptiveReadaheadCache" not in out.stderr  # fsspec's line per file it opens
     assert checkpoint.all_steps(workdir / "checkpoints") == [2, 4]
     assert len(list(workdir.glob("events.out.tfevents.*"))) == 2  # one per run
     assert (workdir / "samples" / "step_00000004.png").exists()
