@@ -37,7 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, cli, errors, fid, torch_weights
+from isnet_jax import checkpoint, cli, errors, torch_weights
+from isnet_jax.evaluators import fid
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
 from isnet_jax.pth import PthError, load_pth, save_pth

@@ -5,8 +5,9 @@ restores the generator alone (no optimiser state), runs the eval split against t
 deterministic evaluation masks of each band and writes ``DIR/eval/step_N/{results.json,
 table.md}`` and TensorBoard scalars. Metrics are computed on the composite, on the devices,
 batched and sharded like training; sums are reduced on the devices so any number of hosts works.
-With weight files in ``config.eval`` it adds FID and LPIPS per band (``isnet_jax.fid_lpips``),
-and it writes an image sheet per band (``sheet_BAND.png``, and to TensorBoard).
+With weight files in ``config.eval`` it adds FID and LPIPS per band
+(``isnet_jax.evaluators.fid_lpips``), and it writes an image sheet per band (``sheet_BAND.png``,
+and to TensorBoard).
 """
 
 from __future__ import annotations
@@ -24,18 +25,8 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from isnet_jax import (
-    checkpoint,
-    classical,
-    errors,
-    fid_lpips,
-    input_pipeline,
-    metrics,
-    models,
-    sharding,
-    sheets,
-    summaries,
-)
+from isnet_jax import checkpoint, errors, input_pipeline, models, sharding, summaries
+from isnet_jax.evaluators import classical, fid_lpips, metrics, sheets
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
     (0.1, 0.2),

@@ -3,7 +3,7 @@ loop around it.
 
 Reads top to bottom: state -> step -> loop. The networks a config describes come from
 ``models.build_networks``, the optimisers from ``optim.py``, the loss terms from ``losses.py``,
-checkpoints from ``checkpoint.py``, sample grids from ``sheets.py``. G and D
+checkpoints from ``checkpoint.py``, sample grids from ``evaluators/sheets.py``. G and D
 are updated together from one forward pass (simultaneous update), data parallel over a
 ``Mesh``; an update whose gradients are not finite is never applied.
 """
@@ -33,10 +33,10 @@ from isnet_jax import (
     optim,
     preemption,
     sharding,
-    sheets,
     summaries,
 )
-from isnet_jax import metrics as image_metrics
+from isnet_jax.evaluators import metrics as image_metrics
+from isnet_jax.evaluators import sheets
 from isnet_jax.models.layers import SpectralState
 
 # ---------------------------------------------------------------------------------------------

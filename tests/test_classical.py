@@ -7,7 +7,8 @@ from conftest import tiny_config
 from flax import nnx
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from isnet_jax import checkpoint, classical, evaluate, input_pipeline, sharding
+from isnet_jax import checkpoint, evaluate, input_pipeline, sharding
+from isnet_jax.evaluators import classical
 
 BAND = (0.3, 0.4)
 

@@ -35,7 +35,8 @@ import scipy.linalg
 from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
 
-from isnet_jax import cli, errors, fid, lpips, pth
+from isnet_jax import cli, errors, pth
+from isnet_jax.evaluators import fid, lpips
 
 
 @pytest.fixture(scope="session")
@@ -200,7 +201,8 @@ def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
 
 
 def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
-    from isnet_jax import fid_lpips, sharding
+    from isnet_jax import sharding
+    from isnet_jax.evaluators import fid_lpips
 
     a, b = _synthetic("sqrtm_fails")
     with pytest.raises(ValueError, match="Imaginary component") as theirs:
@@ -233,7 +235,7 @@ def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
 
 def test_degenerate_statistics_fail_as_in_pytorch_fid(caplog):
     cases = reference()["degenerate"]
-    with caplog.at_level(logging.WARNING, logger="isnet_jax.fid"):
+    with caplog.at_level(logging.WARNING, logger="isnet_jax.evaluators.fid"):
         for name, case in cases.items():
             s1, s2 = np.array(case["sigma1"]), np.array(case["sigma2"])
             magnitude = float(case["error"].split()[-1])  # both raise in pytorch-fid
@@ -417,7 +419,8 @@ def _eval_config(**fields):
 
 
 def test_eval_config_loads_and_checks_the_weight_files(weight_files):
-    from isnet_jax import fid_lpips, sharding
+    from isnet_jax import sharding
+    from isnet_jax.evaluators import fid_lpips
 
     mesh = sharding.create_mesh(None)
     none = fid_lpips.PerceptualMetrics.from_config(_eval_config(), mesh)

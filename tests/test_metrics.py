@@ -10,7 +10,7 @@ from skimage import data
 from skimage.color import rgb2gray
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from isnet_jax import metrics
+from isnet_jax.evaluators import metrics
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from isnet_jax import sheets
+from isnet_jax.evaluators import sheets
 
 
 def test_outline_is_the_hole_rim_only():

@@ -1,5 +1,6 @@
-"""Reference vectors for ``isnet_jax.fid`` and ``isnet_jax.lpips``, computed by ``pytorch-fid``
-and ``lpips`` themselves. Installs nothing into the project; run it in an environment of its own:
+"""Reference vectors for ``isnet_jax.evaluators.fid`` and ``isnet_jax.evaluators.lpips``,
+computed by ``pytorch-fid`` and ``lpips`` themselves. Installs nothing into the project; run it
+in an environment of its own:
 
     python3 -m venv /tmp/venv-ref && . /tmp/venv-ref/bin/activate
     pip install torch torchvision "pytorch-fid==0.3.0" "lpips==0.1.4" scipy

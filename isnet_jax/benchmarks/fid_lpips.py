@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import fid, lpips
+from isnet_jax.evaluators import fid, lpips
 
 
 def _random(build: Callable[[], nnx.Module]) -> nnx.Module:

@@ -26,7 +26,8 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from isnet_jax import errors, fid, lpips, sharding
+from isnet_jax import errors, sharding
+from isnet_jax.evaluators import fid, lpips
 from isnet_jax.torch_weights import describe, read_state_dict
 
 BASELINE = "mean_fill/"  # as evaluate.BASELINE (kept here to avoid a circular import)

@@ -16,7 +16,7 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from isnet_jax import metrics
+from isnet_jax.evaluators import metrics
 
 OUTLINE = (1.0, 0.0, 0.9)  # magenta: rare in photographs
 GUTTER = 2  # pixels of white between panels and rows
