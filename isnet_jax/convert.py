@@ -9,7 +9,7 @@ evaluation, inference and fine-tuning) reads, and the VGG19 loss network as ``DI
 (what ``config.loss.vgg_weights`` points to). ``--inception pt_inception-2015-12-05-6726825d.pth``
 writes pytorch-fid's FID Inception as ``DIR/inception_fid.npz`` (what ``config.eval.fid_weights``
 may name, as may the ``.pth`` itself). Every input is read and checked before anything
-is written. No PyTorch is needed: ``isnet_jax.pth`` reads the files.
+is written. No PyTorch is needed: ``isnet_jax.torch_io.pth`` reads the files.
 
 The other way, ``python -m isnet_jax.convert --export WORKDIR[@STEP] --output DIR`` writes a
 training run's (or a converted folder's) generator and discriminator as the release's
@@ -37,11 +37,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, cli, errors, torch_weights
+from isnet_jax import checkpoint, cli, errors
 from isnet_jax.evaluators import fid
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
-from isnet_jax.pth import PthError, load_pth, save_pth
+from isnet_jax.torch_io import torch_weights
+from isnet_jax.torch_io.pth import PthError, load_pth, save_pth
 
 __all__ = [
     "PthError",

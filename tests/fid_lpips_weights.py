@@ -6,7 +6,7 @@ lpips) loads the same numbers into the reference packages and records their outp
 numpy's PCG64 seeded by the seed and the key's CRC32, so the weights never need to be stored.
 The key layouts (names, shapes, dtypes) are the reference packages' own, recorded by the tool in
 ``reference.json``; ``write_weight_files`` writes them in torch.save's format with
-``isnet_jax.pth.save_pth``, so the tests also exercise the loaders on the released files' layout.
+``torch_io.pth.save_pth``, so the tests also exercise the loaders on the released files' layout.
 
 This module imports only numpy at import time: the tool imports it without JAX.
 """
@@ -89,7 +89,7 @@ def write_weight_files(folder: pathlib.Path) -> dict[str, pathlib.Path]:
     """
     import collections
 
-    from isnet_jax.pth import save_pth
+    from isnet_jax.torch_io.pth import save_pth
 
     ref = reference()
     folder.mkdir(parents=True, exist_ok=True)

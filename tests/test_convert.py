@@ -1,6 +1,6 @@
 """The torch-free .pth reader, the release -> isnet_jax conversion and its command line.
 
-Synthetic .pth files are written in the real torch.save layout (``isnet_jax.pth.save_pth``, itself
+Synthetic .pth files are written in the real torch.save layout (``torch_io.pth.save_pth``, itself
 checked against the golden files, which are real torch output) or byte by byte where a test needs
 a pickle no honest writer produces.
 """
@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax import checkpoint, cli, convert, errors, pth
+from isnet_jax import checkpoint, cli, convert, errors
 from isnet_jax.models import count_params
+from isnet_jax.torch_io import pth
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 KEY_LISTING = REPO.parent / "shared" / "reference" / "official_generator_keys.tsv"

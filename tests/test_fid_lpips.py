@@ -35,8 +35,9 @@ import scipy.linalg
 from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
 
-from isnet_jax import cli, errors, pth
+from isnet_jax import cli, errors
 from isnet_jax.evaluators import fid, lpips
+from isnet_jax.torch_io import pth
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO, tiny_config
 from flax import nnx
 
-from isnet_jax import checkpoint, convert, pth, train
+from isnet_jax import checkpoint, convert, train
+from isnet_jax.torch_io import pth
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ in an environment of its own:
 The released weight files cannot be fetched here (and must not be at test time), so every weight
 is random: ``tests/fid_lpips_weights.py`` draws each tensor from numpy's PCG64 seeded by a fixed
 seed and the tensor's name, which the tests redo without torch and write as ``.pth`` files with
-``isnet_jax.pth.save_pth``. The key layouts the tests write are the reference packages' own
+``isnet_jax.torch_io.pth.save_pth``. The key layouts the tests write are the reference packages' own
 (recorded below from the torch modules, and checked against the linear-layer files that lpips
 ships). What this script stores (a few hundred KB):
 

@@ -3,7 +3,7 @@
 - ``InceptionV3``: the FID-specific Inception v3 of pytorch-fid (``fid_inception_v3()``: the
   TensorFlow 2015-12-05 graph, whose Mixed_5b-5d, 6b-6e and 7b average pools exclude the padding
   and whose Mixed_7c pools by maximum), in Flax NNX. ``InceptionV3.from_weights(path)`` reads
-  pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (through ``isnet_jax.pth``: no torch) or
+  pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (through ``torch_io.pth``: no torch) or
   the ``.npz`` that ``python -m isnet_jax.convert --inception PATH --output DIR`` writes.
   Calling it maps NHWC RGB in [0, 1], any size, to (N, 2048) pool features: bilinear resize to
   299x299 without antialiasing (``F.interpolate(..., align_corners=False)``), then ``2x - 1``.
@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import errors, torch_weights
-from isnet_jax.pth import PthError
+from isnet_jax import errors
+from isnet_jax.torch_io import torch_weights
+from isnet_jax.torch_io.pth import PthError
 
 _log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from flax import nnx
 
 from isnet_jax import errors, sharding
 from isnet_jax.evaluators import fid, lpips
-from isnet_jax.torch_weights import describe, read_state_dict
+from isnet_jax.torch_io.torch_weights import describe, read_state_dict
 
 BASELINE = "mean_fill/"  # as evaluate.BASELINE (kept here to avoid a circular import)
 

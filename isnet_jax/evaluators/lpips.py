@@ -4,7 +4,7 @@
 ``backbone_path`` torchvision's ImageNet file (``alexnet-owt-7be5be79.pth`` /
 ``vgg16-397923af.pth``: the whole model, whose classifier is ignored, or its ``features``
 alone); ``lin_path`` the package's ``lpips/weights/v0.1/alex.pth`` / ``vgg.pth``. All are read by
-``isnet_jax.pth``, both of torch.save's formats. Calling the module maps two NHWC batches in
+``torch_io.pth``, both of torch.save's formats. Calling the module maps two NHWC batches in
 [0, 1] to (N,) distances, as ``lpips.LPIPS(net=...)(a, b, normalize=True)`` does:
 
 - ``2x - 1``, then the scaling layer ``(x - shift) / scale``;
@@ -26,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import errors, torch_weights
-from isnet_jax.pth import PthError
+from isnet_jax import errors
+from isnet_jax.torch_io import torch_weights
+from isnet_jax.torch_io.pth import PthError
 
 # (name, torchvision file, lpips file, layers). A layer is ("conv", torch index, in, out,
 # kernel, stride, padding), ("pool", window) (stride 2, rounding down) or ("tap",): the output

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from isnet_jax import errors, torch_weights
+from isnet_jax import errors
 from isnet_jax.models.layers import Conv
+from isnet_jax.torch_io import torch_weights
 
 # torchvision's configuration "E"; "M" is a 2x2 max pool.
 CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",

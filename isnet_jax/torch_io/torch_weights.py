@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from isnet_jax import errors
-from isnet_jax.pth import PthError, load_pth
+from isnet_jax.torch_io.pth import PthError, load_pth
 
 # (torch key -> (our variable, the shape torch stores it in, torch array -> ours))
 Targets = dict[str, tuple[nnx.Variable, tuple[int, ...], Callable[[np.ndarray], np.ndarray]]]
