@@ -75,10 +75,10 @@ def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def gcs():
-    """A local Cloud Storage bucket (``isnet_jax.gcs_emulator``) for the whole session, with
+    """A local Cloud Storage bucket (``rehearse.gcs_emulator``) for the whole session, with
     its variables set in ``os.environ`` (subprocesses inherit them). ``gcs.path("x")`` is
     ``gs://isnet-test/x``; ``gcs.env`` the variables alone."""
-    from isnet_jax import gcs_emulator
+    from isnet_jax.rehearse import gcs_emulator
 
     with gcs_emulator.Emulator("isnet-test") as emulator, gcs_emulator.exported(emulator):
         yield emulator
@@ -162,7 +162,7 @@ def tiny_config(**overrides):
 def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms.
 
-    ``g_grad`` / ``d_grad`` and ``param_outliers`` are ``isnet_jax.rehearse.state_distance``'s
+    ``g_grad`` / ``d_grad`` and ``param_outliers`` are ``rehearse.scenarios.state_distance``'s
     (the worst array's ``||a - b|| / ||a||`` over Adam's first moments; the share of parameter
     elements more than ``learning_rate / 100`` apart, since Adam moves an element with a
     near-zero gradient by up to ``2 * lr`` on a rounding-level change). ``spectral``: the worst
@@ -173,7 +173,7 @@ def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     import jax
     import numpy as np
 
-    from isnet_jax import rehearse
+    from isnet_jax.rehearse import scenarios
 
     def worst(x, y):
         flat_x, flat_y = jax.tree.leaves(x), jax.tree.leaves(y)
@@ -184,7 +184,7 @@ def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
             for u, v in zip(flat_x, flat_y, strict=True)
         )
 
-    result = rehearse.state_distance(a, b, learning_rate)
+    result = scenarios.state_distance(a, b, learning_rate)
     result["spectral"] = max(worst(a[k], b[k]) for k in ("g_spectral", "d_spectral"))
     return result
 

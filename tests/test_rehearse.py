@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from isnet_jax import rehearse
+from isnet_jax.rehearse import scenarios
 
 # Fewer hosts than the script's default 4 x 2 keep the suite within CI's two cores: the
 # mechanics (coordination service, gloo collectives, one shared checkpoint, per-host data
@@ -20,17 +20,17 @@ HOSTS, DEVICES = 2, 2
 
 @pytest.fixture(scope="module")
 def rehearsal(gcs, tmp_path_factory):
-    r = rehearse.Rehearsal(gcs, tmp_path_factory.mktemp("rehearsal_logs"), hosts=HOSTS,
-                           devices=DEVICES, model="tiny", steps=6)
+    r = scenarios.Rehearsal(gcs, tmp_path_factory.mktemp("rehearsal_logs"), hosts=HOSTS,
+                            devices=DEVICES, model="tiny", steps=6)
     yield r
-    rehearse.kill_all_hosts()
+    scenarios.kill_all_hosts()
 
 
 # In the script's order: exact makes the uninterrupted reference run that preemption and
 # bucket_fault compare with and host_count resumes. One xdist worker takes the whole file
 # (setup.cfg's --dist=loadfile), so the reference is made once.
-@pytest.mark.parametrize("name", rehearse.SCENARIOS)
+@pytest.mark.parametrize("name", scenarios.SCENARIOS)
 def test_scenario(rehearsal, name):
-    verdict = rehearse.run_scenario(rehearsal, name)
+    verdict = scenarios.run_scenario(rehearsal, name)
     print(verdict.line())
     assert verdict.ok, verdict.line()

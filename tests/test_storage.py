@@ -1,4 +1,4 @@
-"""gs:// workdirs against a local Cloud Storage emulator (``isnet_jax.gcs_emulator``).
+"""gs:// workdirs against a local Cloud Storage emulator (``isnet_jax.rehearse.gcs_emulator``).
 
 The bucket is real as far as the clients can tell: TensorStore, gcsfs and etils.epath speak
 the GCS JSON API to ``gcp-storage-emulator``, pointed at it by their standard variables only.

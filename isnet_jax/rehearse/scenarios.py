@@ -61,7 +61,7 @@ _COMMON = {
     "checkpoint_every_steps": 2, "max_checkpoints_to_keep": 20,
     "data.skimage_num_images": 64, "eval.num_images_final": 8, "eval.batch_size": 8,
 }
-_REPO = pathlib.Path(__file__).resolve().parent.parent
+_REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -295,8 +295,8 @@ def exact(r: Rehearsal) -> str:
     workdir = r.reference()
     step = 2
     check = subprocess.run(
-        [sys.executable, "-c", "import sys; from isnet_jax import rehearse; "
-         "rehearse.single_process_check(*sys.argv[1:])",
+        [sys.executable, "-c", "import sys; from isnet_jax.rehearse import scenarios; "
+         "scenarios.single_process_check(*sys.argv[1:])",
          workdir, json.dumps(r.overrides()), str(r.hosts), str(step)],
         cwd=_REPO, capture_output=True, text=True, timeout=r.timeout,
         env={**os.environ, **r.env,
@@ -530,7 +530,7 @@ def run_scenario(r: Rehearsal, name: str) -> Verdict:
 @contextlib.contextmanager
 def bucket(name: str = "rehearsal") -> Iterator[Any]:
     """A started emulator (its objects in a temporary folder, removed after)."""
-    from isnet_jax import gcs_emulator
+    from isnet_jax.rehearse import gcs_emulator
 
     with gcs_emulator.Emulator(name) as emulator, gcs_emulator.exported(emulator):
         yield emulator
