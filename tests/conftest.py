@@ -87,8 +87,8 @@ def gcs():
 @pytest.fixture(scope="session")
 def tiny_tfds(tmp_path_factory) -> str:
     """A TFDS data_dir holding ``isnet_tiny_photos`` prepared as ArrayRecord by TFDS itself
-    (``isnet_jax.tiny_dataset``); its name is ``tiny_dataset.NAME``."""
-    from isnet_jax import tiny_dataset
+    (``helpers.tiny_dataset``); its name is ``tiny_dataset.NAME``."""
+    from helpers import tiny_dataset
 
     return tiny_dataset.prepare(tmp_path_factory.mktemp("tfds"))
 

@@ -342,7 +342,7 @@ def test_tfds_not_prepared_says_how(tmp_path):
 
 def test_tfds_source_reads_a_real_arrayrecord_dataset(tiny_tfds):
     """isnet_tiny_photos, prepared by TFDS itself as ArrayRecord, read by tfds.data_source."""
-    from isnet_jax import tiny_dataset
+    from helpers import tiny_dataset
 
     config = _config(source="tfds", name=tiny_dataset.NAME, data_dir=tiny_tfds)
     train = tiny_dataset.SPLITS["train"]
@@ -359,7 +359,7 @@ def test_tfds_source_reads_a_real_arrayrecord_dataset(tiny_tfds):
 
 
 def test_tfds_not_prepared_and_unknown_split_are_one_clear_error(tiny_tfds, tmp_path):
-    from isnet_jax import tiny_dataset
+    from helpers import tiny_dataset
 
     with pytest.raises(errors.MissingFileError, match=r"not prepared in .*download_and_prepare"):
         input_pipeline.TfdsImages(tiny_dataset.NAME, "train", str(tmp_path / "empty"))
@@ -372,7 +372,7 @@ def test_tfds_not_prepared_and_unknown_split_are_one_clear_error(tiny_tfds, tmp_
 def test_a_damaged_arrayrecord_record_is_skipped_counted_and_named(tiny_tfds, tmp_path, caplog):
     import shutil
 
-    from isnet_jax import tiny_dataset
+    from helpers import tiny_dataset
 
     data_dir = tmp_path / "tfds"
     shutil.copytree(tiny_tfds, data_dir)

@@ -108,7 +108,9 @@ def test_places365_small_is_read_as_the_readme_says(tiny_tfds):
     """The TFDS route of the same section: configs/places2.py reads places365_small's
     validation split through tfds.data_source (here isnet_tiny_photos, prepared by TFDS as
     ArrayRecord with places365_small's image feature and splits)."""
-    from isnet_jax import input_pipeline, tiny_dataset
+    from helpers import tiny_dataset
+
+    from isnet_jax import input_pipeline
     from isnet_jax.configs import places2
 
     config = places2.get_config()

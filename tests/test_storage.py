@@ -196,7 +196,9 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
 def test_tfds_data_dir_in_the_bucket_is_read_by_the_pipeline(gs_dir, tiny_tfds):
     # ArrayRecord reads gs:// through google-cloud-cpp (CLOUD_STORAGE_EMULATOR_ENDPOINT),
     # TFDS finds the dataset's metadata through epath (gcsfs).
-    from isnet_jax import input_pipeline, tiny_dataset
+    from helpers import tiny_dataset
+
+    from isnet_jax import input_pipeline
 
     local = pathlib.Path(tiny_tfds) / tiny_dataset.NAME
     for path in local.rglob("*"):

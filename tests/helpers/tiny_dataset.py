@@ -5,7 +5,7 @@ the splits train / validation / test. Its images are crops of random place and s
 scikit-image's bundled photographs (no download), of varied sizes (40-96 px a side), so the
 pipeline decodes, crops and resizes them as it would Places2's.
 
-    from isnet_jax import tiny_dataset
+    from helpers import tiny_dataset
     data_dir = tiny_dataset.prepare("/tmp/tfds")      # ArrayRecord, in a few seconds
     # config.data.source = "tfds"; config.data.name = tiny_dataset.NAME
     # config.data.data_dir = data_dir
