@@ -13,7 +13,7 @@ Why not a converter: jax2onnx (0.17.1) writes a graph that onnxruntime refuses
 the transposes around convs but leaves the old NHWC shapes in the graph's ``value_info``, so a
 tensor that is (1, 32, 64, 64) is declared (1, 64, 64, 32); onnxruntime's shape inference
 trusts the declaration and the next Add of a declared and an inferred tensor fails.
-``isnet_jax/export/jax2onnx_repro.py`` reproduces it in a dozen lines and holds the report
+``tools/jax2onnx_repro.py`` (in a checkout) reproduces it in a dozen lines and holds the report
 for its maintainers. (Dropping the ``value_info`` makes such a graph load, but jax2onnx
 pins orbax-checkpoint below 0.11.37, which our stack is past, so it cannot be a dependency.)
 """

@@ -1,7 +1,7 @@
 """Minimal reproduction of why jax2onnx's graph of our generator does not load in onnxruntime.
 
     pip install --no-deps jax2onnx==0.17.1 onnx-ir sympy mpmath   # not a dependency of ours
-    python -m isnet_jax.export.jax2onnx_repro
+    python tools/jax2onnx_repro.py
 
 Needs only jax, numpy, onnx, onnxruntime and jax2onnx (not isnet_jax's models). It prints the
 onnxruntime error, then every tensor whose shape jax2onnx declares in ``graph.value_info``
