@@ -14,14 +14,27 @@ import uuid
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / "shared" / "golden"
+# The release's reference data, in the repository (tests/data/README.md says what and how made).
+DATA = REPO / "tests" / "data"
+GOLDEN = DATA / "golden"
 GOLDEN_ARCHIVE = GOLDEN / "official_blocks2_64px.tar.xz"
 TRAIN_GOLDEN_ARCHIVE = GOLDEN / "train_blocks2_64px.tar.xz"
+RELEASE_GENERATOR_KEYS = DATA / "reference" / "official_generator_keys.tsv"
+
+
+def data_file(path: pathlib.Path) -> pathlib.Path:
+    """``path``, a file of tests/data; a missing one is an error, never a skip: the parity
+    tests are the evidence for the README's compatibility claim, and the data ships with them."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: it is part of the repository (tests/data/"
+                                "README.md); restore it with `git checkout -- tests/data`")
+    return path
 
 
 def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
-    stat = archive.stat()
-    tag = hashlib.sha1(f"{archive.name}-{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()
+    # Named by content, not by path or mtime: every clone and worktree on a machine shares
+    # one unpacked copy (the official archive unpacks to about 180 MB).
+    tag = hashlib.sha1(archive.read_bytes()).hexdigest()
     target = pathlib.Path(tempfile.gettempdir()) / f"isnet_jax_golden_{tag[:12]}"
     if not (target / marker).exists():
         # Unpack beside the target and rename: parallel test workers never see half a folder.
@@ -36,26 +49,20 @@ def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
 
 
 def _golden(archive: pathlib.Path, marker: str) -> pathlib.Path:
-    if not archive.exists():
-        pytest.skip(f"golden vectors not found at {archive}: release-parity test skipped")
-    return _unpacked(archive, marker)
+    return _unpacked(data_file(archive), marker)
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
-    """Folder with golden.npz, golden.json and the release-format .pth files.
-
-    Skips (saying why) when ../shared/golden is not beside the checkout.
-    """
+    """Folder with golden.npz, golden.json and the release-format .pth files, unpacked from
+    tests/data/golden/official_blocks2_64px.tar.xz."""
     return _golden(GOLDEN_ARCHIVE, "golden.json")
 
 
 @pytest.fixture(scope="session")
 def train_golden_dir() -> pathlib.Path:
-    """Folder with train_golden.npz / .json: three steps of the release's training step.
-
-    Skips (saying why) when ../shared/golden is not beside the checkout.
-    """
+    """Folder with train_golden.npz / .json: three steps of the release's training step, unpacked
+    from tests/data/golden/train_blocks2_64px.tar.xz."""
     return _golden(TRAIN_GOLDEN_ARCHIVE, "train_golden.json")
 
 
