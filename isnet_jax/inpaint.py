@@ -50,7 +50,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from isnet_jax import cli, errors, images, masks
+from isnet_jax import cli, errors, images, interrupts, masks
 from isnet_jax.images import InputError, load_image
 from isnet_jax.inpainter import (
     BEYOND_TRAINING,
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
 
     compiled = set()
     for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
-        cli.check_interrupted()
+        interrupts.check_interrupted()
         start = time.perf_counter()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
         # (job, image as read, its RGB view, known): the view once per image, for both ends.
@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     for index, job in enumerate(crops, 1):
-        cli.check_interrupted()
+        interrupts.check_interrupted()
         start = time.perf_counter()
         item = _load(job, inpainter, args.mask_polarity, report)
         if item is None:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from isnet_jax import cli, errors, images
+from isnet_jax import errors, images
 
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Which colour a mask file paints the hole, everywhere a mask file is read (config
@@ -489,6 +489,9 @@ def polarity_flag(value: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Only the command line needs cli; grain's data workers import this module too.
+    from isnet_jax import cli
+
     parser = cli.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("split", help="sort a mask set into hole-ratio bands")

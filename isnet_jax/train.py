@@ -26,8 +26,8 @@ from flax import nnx, traverse_util
 
 from isnet_jax import (
     checkpoint,
-    cli,
     errors,
+    interrupts,
     losses,
     models,
     optim,
@@ -352,10 +352,10 @@ class _Loop:
         self.data_seconds, self.window_start, self.skipped_images = 0.0, time.perf_counter(), 0
         terminate = preemption.TerminationRequest()
         # Ctrl-C (one process) stops between steps: a step cut in half has donated its state.
-        with metric_writers.ensure_flushes(self.writer), terminate, cli.ctrl_c_deferred(
+        with metric_writers.ensure_flushes(self.writer), terminate, interrupts.ctrl_c_deferred(
                 jax.process_count() == 1):
             while self.step < config.num_train_steps:
-                cli.check_interrupted()
+                interrupts.check_interrupted()
                 batch = self._next_batch(terminate)
                 if batch is None:
                     break
@@ -394,7 +394,7 @@ class _Loop:
         except Exception:
             # Ctrl-C in a terminal and a SIGTERM to the whole process group (SLURM does that)
             # also stop grain's worker processes; the state of the last step is still whole.
-            cli.check_interrupted()
+            interrupts.check_interrupted()
             if not terminate.received:
                 raise
             self.keep_progress("The data workers stopped with the SIGTERM")
