@@ -25,7 +25,7 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from isnet_jax import checkpoint, errors, input_pipeline, models, sharding, summaries
+from isnet_jax import checkpoint, errors, input_pipeline, masks, models, sharding, summaries
 from isnet_jax.evaluators import classical, fid_lpips, metrics, sheets
 
 BANDS: tuple[tuple[float, float] | None, ...] = (
@@ -91,13 +91,13 @@ class MetricSums:
     def _sums(self, g_state, image, mask, valid, classical):
         g = nnx.merge(self.g_def, g_state, copy=True)
         pred = g(image * mask, train=False)
-        result = metrics.composite(pred, image, mask)
+        result = masks.composite(image, mask, pred)
         # The baselines on the very same images and masks, so that every report shows at once
         # whether the model has learned more than an average colour, and more than a method
         # that needs no training.
         candidates = {"": result, BASELINE: metrics.mean_colour_fill(image, mask)}
         candidates |= {f"{name}/": filled for name, filled in classical.items()}
-        candidates = {k: metrics.composite(v, image, mask) for k, v in candidates.items()}
+        candidates = {k: masks.composite(image, mask, v) for k, v in candidates.items()}
         # One compute_all over all candidates, (B, K, ...) flattened batch-major so that each
         # device keeps its own images: K copies of the metrics would compile K times over.
         k = len(candidates)

@@ -25,6 +25,7 @@ import pathlib
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -43,6 +44,19 @@ DEFAULT_POLARITY = "hole_black"
 MODES = ("procedural", "external", "external_or_block", "external_block_half", "block", "half")
 # The NVIDIA test set's bands (Liu et al. 2018); anything above 60 % gets a band of its own.
 SPLIT_BANDS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (0.6, 1.0))
+
+
+# numpy or JAX arrays: ``composite`` is the same expression for both (and ONNX's graph writes it
+# with its own ops, in ``export.onnx_graph``).
+Array = TypeVar("Array")
+
+
+def composite(image: Array, mask: Array, prediction: Array) -> Array:
+    """The inpainting result (paper eq. 1): ``prediction`` in the holes, ``image`` where known,
+    ``prediction * (1 - mask) + image * mask``; for a 0/1 mask the known pixels are ``image``
+    exactly. The one definition, in the order of ``inpaint(image, mask)``: training's metrics,
+    evaluation, the sample grids and every export call it."""
+    return prediction * (1.0 - mask) + image * mask
 
 
 def hole_ratio(mask: np.ndarray) -> float:

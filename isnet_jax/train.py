@@ -29,6 +29,7 @@ from isnet_jax import (
     errors,
     interrupts,
     losses,
+    masks,
     models,
     optim,
     preemption,
@@ -188,7 +189,7 @@ class Trainer:
             "nonfinite_terms": jnp.sum(jnp.where(jnp.isfinite(values), 0,
                                                  2 ** jnp.arange(len(values)))),
         }
-        comp = image_metrics.composite(pred, image, mask)
+        comp = masks.composite(image, mask, pred)
         mse = jnp.mean(jnp.square(comp - image), axis=(1, 2, 3))
         step_metrics = TrainMetrics.single_from_model_output(
             **terms, g_loss=g_loss,

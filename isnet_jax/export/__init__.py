@@ -34,6 +34,7 @@ command line is ``__main__``.
 
 from isnet_jax.export.core import (
     FIXED_DEFAULT,
+    FIXED_SHAPE_FORMATS,
     FORMATS,
     INPUTS,
     META_FILE,
@@ -43,7 +44,6 @@ from isnet_jax.export.core import (
     Shape,
     check_format,
     check_output,
-    composite,
     export,
     export_checkpoint,
     fold_spectral_norm,
@@ -55,6 +55,7 @@ from isnet_jax.export.core import (
 
 __all__ = [
     "FIXED_DEFAULT",
+    "FIXED_SHAPE_FORMATS",
     "FORMATS",
     "INPUTS",
     "META_FILE",
@@ -64,7 +65,6 @@ __all__ = [
     "Shape",
     "check_format",
     "check_output",
-    "composite",
     "export",
     "export_checkpoint",
     "fold_spectral_norm",

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import errors
+from isnet_jax import errors, masks
 from isnet_jax.models.layers import Conv
 
 FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
@@ -105,12 +105,6 @@ def fold_spectral_norm(generator: nnx.Module) -> nnx.Module:
     return folded
 
 
-def composite(image: jax.Array, mask: jax.Array, prediction: jax.Array) -> jax.Array:
-    """The prediction in the holes, the image where known. For a 0/1 mask the known pixels are
-    ``image`` exactly (``image * 1 + prediction * 0``)."""
-    return prediction * (1.0 - mask) + image * mask
-
-
 def inpaint_function(generator: nnx.Module) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``inpaint(image, mask) -> composite`` (see ``isnet_jax.export``) as a pure JAX function
     of its two inputs: the folded weights are constants of it."""
@@ -121,7 +115,7 @@ def inpaint_function(generator: nnx.Module) -> Callable[[jax.Array, jax.Array], 
         mask = mask.astype(jnp.float32)
         # As the release and Inpainter: the network sees the image with its holes zeroed.
         prediction = nnx.merge(graphdef, state)(image * mask, train=False)
-        return composite(image, mask, prediction.astype(jnp.float32))
+        return masks.composite(image, mask, prediction.astype(jnp.float32))
 
     return inpaint
 

@@ -148,7 +148,7 @@ def build(generator: nnx.Module, shape: core.Shape):
 
     masked = g.op("Transpose", [g.op("Mul", ["image", "mask"])], perm=[0, 3, 1, 2])
     prediction = g.op("Transpose", [_emit_generator(g, folded, masked)], perm=[0, 2, 3, 1])
-    # core.composite: prediction * (1 - mask) + image * mask.
+    # masks.composite: prediction * (1 - mask) + image * mask.
     hole = g.op("Sub", [g.const(np.float32(1.0), "one"), "mask"])
     g.op("Add", [g.op("Mul", [prediction, hole]), g.op("Mul", ["image", "mask"])],
          output=core.OUTPUT)

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from isnet_jax import masks
 from isnet_jax.export import core
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter, not our warnings
@@ -58,7 +59,7 @@ def inpaint_module(generator: nnx.Module, shape: core.Shape):
 
     def apply(weights, image, mask):
         g = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
-        return core.composite(image, mask, g(image * mask, train=False))
+        return masks.composite(image, mask, g(image * mask, train=False))
 
     converted = jax2tf.convert(
         apply,
