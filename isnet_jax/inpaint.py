@@ -55,7 +55,6 @@ from isnet_jax.images import InputError, load_image
 from isnet_jax.inpainter import (
     BEYOND_TRAINING,
     CROP_MARGIN,
-    MULTIPLE,
     RESIZE_MODES,
     TRAINED_MAX_HOLE,
     Inpainted,
@@ -66,6 +65,7 @@ from isnet_jax.inpainter import (
     rgb_view,
 )
 from isnet_jax.masks import load_known_mask, mask_to_known
+from isnet_jax.models import MULTIPLE
 
 # The names this module had before the library moved out (README, users' scripts).
 load_mask = load_known_mask

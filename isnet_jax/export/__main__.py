@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from isnet_jax import cli
 from isnet_jax.export import core
+from isnet_jax.models import MULTIPLE
 
 
 def parse_args(argv: Sequence[str] | None = None):
@@ -39,10 +40,10 @@ def parse_args(argv: Sequence[str] | None = None):
                         help="fix the batch size (default: dynamic; tflite: "
                         f"{core.FIXED_DEFAULT.batch})")
     parser.add_argument("--height", type=int, default=None,
-                        help=f"fix the height, a multiple of {core.MULTIPLE} (default: dynamic; "
+                        help=f"fix the height, a multiple of {MULTIPLE} (default: dynamic; "
                         f"tflite: {core.FIXED_DEFAULT.height})")
     parser.add_argument("--width", type=int, default=None,
-                        help=f"fix the width, a multiple of {core.MULTIPLE} (default: dynamic; "
+                        help=f"fix the width, a multiple of {MULTIPLE} (default: dynamic; "
                         f"tflite: {core.FIXED_DEFAULT.width})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output folder")

@@ -19,10 +19,10 @@ import numpy as np
 from flax import nnx
 
 from isnet_jax import errors, masks
+from isnet_jax.models import MULTIPLE
 from isnet_jax.models.layers import Conv
 
 FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
-MULTIPLE = 16  # four 2x down-samplings in the generator's low-resolution branch
 META_FILE = "export.json"
 MODEL_FILES = {
     "stablehlo": "inpaint.stablehlo",

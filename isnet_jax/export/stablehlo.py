@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from isnet_jax.export import core
+from isnet_jax.models import MULTIPLE
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 
@@ -29,8 +30,8 @@ def input_specs(shape: core.Shape) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtype
     b, h, w = jax.export.symbolic_shape("b, h, w")
     dims = (
         shape.batch if shape.batch is not None else b,
-        shape.height if shape.height is not None else core.MULTIPLE * h,
-        shape.width if shape.width is not None else core.MULTIPLE * w,
+        shape.height if shape.height is not None else MULTIPLE * h,
+        shape.width if shape.width is not None else MULTIPLE * w,
     )
     return (jax.ShapeDtypeStruct((*dims, 3), jnp.float32),
             jax.ShapeDtypeStruct((*dims, 1), jnp.float32))

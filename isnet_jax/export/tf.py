@@ -32,6 +32,7 @@ from flax import nnx
 
 from isnet_jax import masks
 from isnet_jax.export import core
+from isnet_jax.models import MULTIPLE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter, not our warnings
 
@@ -44,8 +45,8 @@ def _tf():
 
 def _polymorphic(shape: core.Shape, channels: int) -> str:
     b = "b" if shape.batch is None else str(shape.batch)
-    h = f"{core.MULTIPLE}*h" if shape.height is None else str(shape.height)
-    w = f"{core.MULTIPLE}*w" if shape.width is None else str(shape.width)
+    h = f"{MULTIPLE}*h" if shape.height is None else str(shape.height)
+    w = f"{MULTIPLE}*w" if shape.width is None else str(shape.width)
     return f"({b}, {h}, {w}, {channels})"
 
 
