@@ -28,13 +28,6 @@ from jax.experimental import multihost_utils
 from isnet_jax import checkpoint, errors, input_pipeline, masks, models, sharding, summaries
 from isnet_jax.evaluators import classical, fid_lpips, metrics, sheets
 
-BANDS: tuple[tuple[float, float] | None, ...] = (
-    (0.1, 0.2),
-    (0.2, 0.3),
-    (0.3, 0.4),
-    (0.4, 0.5),
-    None,
-)
 PAPER_ROWS = (
     ("PSNR", "psnr", "{:.2f}"),
     ("SSIM", "ssim", "{:.3f}"),
@@ -63,10 +56,6 @@ def eval_set_name(config: ml_collections.ConfigDict) -> str:
         _, photos = input_pipeline.skimage_split(data.skimage_eval_photos)
         return f"skimage, held-out photos {', '.join(photos)}"
     return f"{data.name if data.source == 'tfds' else data.source} ({data.eval_split})"
-
-
-def band_label(band: tuple[float, float] | None) -> str:
-    return "all" if band is None else f"{round(band[0] * 100)}-{round(band[1] * 100)}%"
 
 
 class MetricSums:
@@ -187,7 +176,7 @@ def evaluate_bands(
     g_state,
     mesh,
     num_images: int,
-    bands=BANDS,
+    bands=masks.EVAL_BANDS,
     perceptual_metrics: fid_lpips.PerceptualMetrics | None = None,
     sheet_images: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -208,22 +197,23 @@ def evaluate_bands(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        accumulator = (perceptual_metrics.band(band_label(band))
+        name = masks.band_name(band)
+        accumulator = (perceptual_metrics.band(f"band {name}")
                        if perceptual_metrics is not None else None)
         rows = SheetRows(num_sheet) if num_sheet > 0 else None
-        r = results[band_label(band)] = evaluator(g_state, dataset, accumulator, rows)
+        r = results[name] = evaluator(g_state, dataset, accumulator, rows)
         if rows is not None and (sheet := rows.sheet()) is not None:
-            sheet_images[band_label(band)] = sheet
+            sheet_images[name] = sheet
         shown = [(p, n) for p, n in BASELINES if p + "psnr" in r]
         if "fid" in r or "lpips" in r:
             logging.info(
-                "eval band %s: %s", band_label(band),
+                "eval band %s: %s", name,
                 ", ".join(f"{p}{k} {r[p + k]:.4f}" for k in ("fid", "lpips")
                           for p in ("", *(p for p, _ in shown)) if p + k in r),
             )
         logging.info(
             "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s (%.1f s)",
-            band_label(band), r["images"], r["psnr"], r["ssim"], r["l1_percent"],
+            name, r["images"], r["psnr"], r["ssim"], r["l1_percent"],
             " | ".join(f"{name}: PSNR {r[p + 'psnr']:.2f}, SSIM {r[p + 'ssim']:.4f}, "
                        f"L1 {r[p + 'l1_percent']:.2f}%" for p, name in shown),
             time.perf_counter() - start,
@@ -244,8 +234,9 @@ def markdown_table(
     per baseline on the same images and masks (mean-colour fill, OpenCV Telea, Navier-Stokes,
     those computed), FID and LPIPS when computed (``note``: the line that says how to add what
     was not), then the other metric variants of each."""
-    labels = list(results)
-    header = f"| {title} | " + " | ".join(labels) + " |"
+    labels = list(results)  # band names, "10-20" ... "all"
+    columns = [b if b == masks.band_name(None) else f"{b} %" for b in labels]
+    header = f"| {title} | " + " | ".join(columns) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
     lines = [header, rule]
     first = results[labels[0]]
@@ -351,7 +342,7 @@ def evaluate_checkpoint(
         (out / "results.json").write_text(json.dumps(report, indent=1))
         (out / "table.md").write_text(table + "\n")
         for band, sheet in sheet_images.items():
-            (out / f"sheet_{band.rstrip('%')}.png").write_bytes(sheets.png_bytes(sheet))
+            (out / f"sheet_{band}.png").write_bytes(sheets.png_bytes(sheet))
         logging.info("Wrote %s, %s and %d image sheets (masked input | result | ground truth).",
                      out / "results.json", out / "table.md", len(sheet_images))
     writer = summaries.create_writer(workdir / "eval", just_logging=jax.process_index() > 0)
