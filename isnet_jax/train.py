@@ -230,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = epath.Path(workdir)
     created = not workdir.exists()
     mesh = sharding.create_mesh(config.get("mesh"))
-    sharding.check_batch_size(config.batch_size, mesh)
+    input_pipeline.host_batch(config.batch_size, jax.process_count(),
+                              devices=mesh.shape[sharding.DATA])
     trainer = Trainer(config, mesh)
     _log_setup(config, mesh, trainer)
     train_iter = input_pipeline.create_train_iterator(
