@@ -43,6 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from isnet_jax import cli, errors, images, masks
 from isnet_jax import inpainter as inpainter_lib
+from isnet_jax.models import MULTIPLE
 
 # A local tool: no usage statistics leave the machine (gradio sends them unless told not to).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -310,7 +311,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="largest photo the page accepts (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    cli.check_model_arguments(parser, args, multiple=inpainter_lib.MULTIPLE)
+    cli.check_model_arguments(parser, args, multiple=MULTIPLE)
     if args.max_megapixels <= 0:
         parser.error(f"--max-megapixels must be positive, got {args.max_megapixels}")
     return args

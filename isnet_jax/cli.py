@@ -4,23 +4,27 @@ A mistake the user can fix (``errors.UserError``, or a bad flag: ``ArgumentParse
 ``error: <message>``, and exit status 2; Ctrl-C is one line and status 130; any other exception
 is a bug and keeps its traceback (``run_cli``). ``python -m isnet_jax.inpaint`` and
 ``python -m isnet_jax.app`` choose their checkpoint and crop settings with the same flags
-(``add_model_arguments``). Library loops that must not stop half-way through a step (training)
-use ``ctrl_c_deferred`` and ``check_interrupted``.
+(``add_model_arguments``); ``--config`` and its overrides go wrong as one line too
+(``define_config_flag``, ``parse_flags``). A library module never imports this one: loops that
+must not stop half-way through a step (training, inpainting) use ``isnet_jax.interrupts``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import difflib
 import gc
+import importlib.util
 import logging
 import os
-import signal
 import sys
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
+from absl import flags
+from ml_collections import config_flags
+
+from isnet_jax import configs, interrupts
 from isnet_jax.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -34,82 +38,6 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
-
-
-_ctrl_c = threading.Event()
-_deferring = threading.Event()
-
-
-def _on_sigint(signum, frame) -> None:
-    if _deferring.is_set() and not _ctrl_c.is_set():
-        _ctrl_c.set()
-        print("Ctrl-C: stopping after the current step (Ctrl-C again stops at once)",
-              file=sys.stderr, flush=True)
-        return
-    _ctrl_c.set()
-    raise KeyboardInterrupt
-
-
-def check_interrupted() -> None:
-    """Raises ``KeyboardInterrupt`` when Ctrl-C came inside ``ctrl_c_kept`` and was deferred
-    or lost.
-
-    Python raises the interrupt wherever the main thread is; inside a garbage-collector or
-    weakref callback (JAX runs one at every collection) the exception is printed as "ignored"
-    and dropped, and the work would go on. Long loops call this at each step."""
-    if _ctrl_c.is_set():
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def ctrl_c_kept() -> Iterator[None]:
-    """While inside: Ctrl-C raises ``KeyboardInterrupt`` as usual and is also recorded, so
-    ``check_interrupted`` raises it again when Python dropped it in a callback (whose "ignored"
-    report is not printed). From the main thread only; elsewhere it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _on_sigint)
-    unraisable_hook = sys.unraisablehook
-
-    def quiet_lost_interrupt(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-            unraisable_hook(unraisable)
-
-    sys.unraisablehook = quiet_lost_interrupt
-    try:
-        yield
-    finally:
-        _ctrl_c.clear()
-        sys.unraisablehook = unraisable_hook
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
-def ctrl_c_deferred(enabled: bool = True) -> Iterator[None]:
-    """While inside (and ``enabled``): a first Ctrl-C is only recorded, and
-    ``check_interrupted`` raises it at the loop's next safe point; a second one raises at once.
-
-    For loops whose steps must not be cut in half: a training step donates its input state, so
-    an interrupt between the call and the assignment of its result would leave no state to
-    save. Outside ``ctrl_c_kept`` (a Python caller) it installs the same handler itself."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    own = previous is not _on_sigint
-    if own:
-        signal.signal(signal.SIGINT, _on_sigint)
-    _deferring.set()
-    try:
-        yield
-    finally:
-        _deferring.clear()
-        if own:
-            _ctrl_c.clear()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
 
 
 def _loop_closed(kind, value) -> bool:
@@ -231,7 +159,7 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
     """
     quiet_abandoned_reads()
     try:
-        with ctrl_c_kept():
+        with interrupts.ctrl_c_kept():
             return body()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
@@ -281,3 +209,86 @@ def generator_line(meta: Mapping[str, Any], source: Any) -> str:
     """``generator isnet (blocks=4, step 1000) from SOURCE``: what a command loaded."""
     return (f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "
             f"{meta.get('step')}) from {source}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ``--config`` and its overrides (``python -m isnet_jax.main``)
+
+
+def define_config_flag() -> flags.FlagHolder:
+    """``--config`` (default: the demo), whose overrides ml_collections applies to ``sys.argv``
+    as the flag is defined: an override of a field the config lacks is one ``error:`` line and
+    status 2."""
+    try:
+        return config_flags.DEFINE_config_file(
+            "config", str(configs.DEMO), "Training configuration file (configs/*.py).",
+            lock_config=True)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        # ml_collections raises these for an override it cannot apply; which one is found by
+        # checking each against the config's fields, not by reading the message.
+        _config_error(_unknown_field(sys.argv) or f"bad --config override: {_first_line(e)}")
+
+
+def parse_flags(config: Callable[[], flags.FlagHolder]) -> Callable[[list[str]], list[str]]:
+    """absl's flag parser (``app.run(flags_parser=...)``) with config problems as one line."""
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            rest = flags.FLAGS(argv)
+            list(config().value.keys())  # a config file that failed to load raises on first use
+            return rest
+        except flags.Error as e:  # already one clear line ("flag --x=y: ...")
+            _config_error(f"{e}; see --help")
+        except Exception as e:  # noqa: BLE001 - a config file's own code may raise anything
+            path = _config_path(argv)
+            examples = sorted(p.name for p in configs.DEMO.parent.glob("*.py")
+                              if p.stem != "__init__")
+            reason = str(e).strip().splitlines()[-1].strip() if str(e).strip() else ""
+            _config_error(
+                f"cannot load the config file {path} ({type(e).__name__}: {reason}); pass "
+                f"--config=configs/NAME.py (in a checkout; installed: {configs.DEMO.parent}/"
+                f"NAME.py) with one of {', '.join(examples)}")
+
+    return parse
+
+
+def _config_error(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+    """The first ``--config.FIELD`` override whose field the config lacks, in words."""
+    fields = _field_names(_load(_config_path(argv)))
+    for flag in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
+        name = flag[len("--config."):]
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f"; did you mean --config.{close[0]}?" if close else ""
+            return f"{flag}: the config has no such field{hint}"
+    return None
+
+
+def _load(path: str):
+    spec = importlib.util.spec_from_file_location("_isnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def _config_path(argv: list[str]) -> str:
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    return given[-1] if given else str(configs.DEMO)
+
+
+def _field_names(config, prefix: str = "") -> list[str]:
+    names = []
+    for key, value in config.items():
+        names.append(prefix + key)
+        if hasattr(value, "items"):
+            names += _field_names(value, prefix + key + ".")
+    return names

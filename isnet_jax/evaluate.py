@@ -25,16 +25,9 @@ from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from isnet_jax import checkpoint, errors, input_pipeline, models, sharding, summaries
+from isnet_jax import checkpoint, errors, input_pipeline, masks, models, sharding, summaries
 from isnet_jax.evaluators import classical, fid_lpips, metrics, sheets
 
-BANDS: tuple[tuple[float, float] | None, ...] = (
-    (0.1, 0.2),
-    (0.2, 0.3),
-    (0.3, 0.4),
-    (0.4, 0.5),
-    None,
-)
 PAPER_ROWS = (
     ("PSNR", "psnr", "{:.2f}"),
     ("SSIM", "ssim", "{:.3f}"),
@@ -65,10 +58,6 @@ def eval_set_name(config: ml_collections.ConfigDict) -> str:
     return f"{data.name if data.source == 'tfds' else data.source} ({data.eval_split})"
 
 
-def band_label(band: tuple[float, float] | None) -> str:
-    return "all" if band is None else f"{round(band[0] * 100)}-{round(band[1] * 100)}%"
-
-
 class MetricSums:
     """A jitted (generator state, batch) -> per-metric sums over the valid images, for the model
     and for every baseline on the same images and masks.
@@ -91,13 +80,13 @@ class MetricSums:
     def _sums(self, g_state, image, mask, valid, classical):
         g = nnx.merge(self.g_def, g_state, copy=True)
         pred = g(image * mask, train=False)
-        result = metrics.composite(pred, image, mask)
+        result = masks.composite(image, mask, pred)
         # The baselines on the very same images and masks, so that every report shows at once
         # whether the model has learned more than an average colour, and more than a method
         # that needs no training.
         candidates = {"": result, BASELINE: metrics.mean_colour_fill(image, mask)}
         candidates |= {f"{name}/": filled for name, filled in classical.items()}
-        candidates = {k: metrics.composite(v, image, mask) for k, v in candidates.items()}
+        candidates = {k: masks.composite(image, mask, v) for k, v in candidates.items()}
         # One compute_all over all candidates, (B, K, ...) flattened batch-major so that each
         # device keeps its own images: K copies of the metrics would compile K times over.
         k = len(candidates)
@@ -187,7 +176,7 @@ def evaluate_bands(
     g_state,
     mesh,
     num_images: int,
-    bands=BANDS,
+    bands=masks.EVAL_BANDS,
     perceptual_metrics: fid_lpips.PerceptualMetrics | None = None,
     sheet_images: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -208,22 +197,23 @@ def evaluate_bands(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         )
-        accumulator = (perceptual_metrics.band(band_label(band))
+        name = masks.band_name(band)
+        accumulator = (perceptual_metrics.band(f"band {name}")
                        if perceptual_metrics is not None else None)
         rows = SheetRows(num_sheet) if num_sheet > 0 else None
-        r = results[band_label(band)] = evaluator(g_state, dataset, accumulator, rows)
+        r = results[name] = evaluator(g_state, dataset, accumulator, rows)
         if rows is not None and (sheet := rows.sheet()) is not None:
-            sheet_images[band_label(band)] = sheet
+            sheet_images[name] = sheet
         shown = [(p, n) for p, n in BASELINES if p + "psnr" in r]
         if "fid" in r or "lpips" in r:
             logging.info(
-                "eval band %s: %s", band_label(band),
+                "eval band %s: %s", name,
                 ", ".join(f"{p}{k} {r[p + k]:.4f}" for k in ("fid", "lpips")
                           for p in ("", *(p for p, _ in shown)) if p + k in r),
             )
         logging.info(
             "eval band %s: %d images, PSNR %.2f, SSIM %.4f, L1 %.2f%% | %s (%.1f s)",
-            band_label(band), r["images"], r["psnr"], r["ssim"], r["l1_percent"],
+            name, r["images"], r["psnr"], r["ssim"], r["l1_percent"],
             " | ".join(f"{name}: PSNR {r[p + 'psnr']:.2f}, SSIM {r[p + 'ssim']:.4f}, "
                        f"L1 {r[p + 'l1_percent']:.2f}%" for p, name in shown),
             time.perf_counter() - start,
@@ -244,8 +234,9 @@ def markdown_table(
     per baseline on the same images and masks (mean-colour fill, OpenCV Telea, Navier-Stokes,
     those computed), FID and LPIPS when computed (``note``: the line that says how to add what
     was not), then the other metric variants of each."""
-    labels = list(results)
-    header = f"| {title} | " + " | ".join(labels) + " |"
+    labels = list(results)  # band names, "10-20" ... "all"
+    columns = [b if b == masks.band_name(None) else f"{b} %" for b in labels]
+    header = f"| {title} | " + " | ".join(columns) + " |"
     rule = "|---" * (len(labels) + 1) + "|"
     lines = [header, rule]
     first = results[labels[0]]
@@ -351,7 +342,7 @@ def evaluate_checkpoint(
         (out / "results.json").write_text(json.dumps(report, indent=1))
         (out / "table.md").write_text(table + "\n")
         for band, sheet in sheet_images.items():
-            (out / f"sheet_{band.rstrip('%')}.png").write_bytes(sheets.png_bytes(sheet))
+            (out / f"sheet_{band}.png").write_bytes(sheets.png_bytes(sheet))
         logging.info("Wrote %s, %s and %d image sheets (masked input | result | ground truth).",
                      out / "results.json", out / "table.md", len(sheet_images))
     writer = summaries.create_writer(workdir / "eval", just_logging=jax.process_index() > 0)

@@ -50,12 +50,11 @@ import jax
 import numpy as np
 from PIL import Image
 
-from isnet_jax import cli, errors, images, masks
+from isnet_jax import cli, errors, images, interrupts, masks
 from isnet_jax.images import InputError, load_image
 from isnet_jax.inpainter import (
     BEYOND_TRAINING,
     CROP_MARGIN,
-    MULTIPLE,
     RESIZE_MODES,
     TRAINED_MAX_HOLE,
     Inpainted,
@@ -66,6 +65,7 @@ from isnet_jax.inpainter import (
     rgb_view,
 )
 from isnet_jax.masks import load_known_mask, mask_to_known
+from isnet_jax.models import MULTIPLE
 
 # The names this module had before the library moved out (README, users' scripts).
 load_mask = load_known_mask
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
 
     compiled = set()
     for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
-        cli.check_interrupted()
+        interrupts.check_interrupted()
         start = time.perf_counter()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
         # (job, image as read, its RGB view, known): the view once per image, for both ends.
@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     for index, job in enumerate(crops, 1):
-        cli.check_interrupted()
+        interrupts.check_interrupted()
         start = time.perf_counter()
         item = _load(job, inpainter, args.mask_polarity, report)
         if item is None:

@@ -28,8 +28,8 @@ from flax import nnx
 from PIL import Image
 
 from isnet_jax import checkpoint, errors
+from isnet_jax.models import MULTIPLE
 
-MULTIPLE = 16  # four 2x down-samplings in the generator's low-resolution branch
 RESIZE_MODES = ("auto", "crop", "resize", "pad")
 # Crop mode: context kept around each group of holes, in image pixels (half the 256-px
 # training size: the network sees about as much context per hole as in training).

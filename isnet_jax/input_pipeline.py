@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import signal
 from collections.abc import Iterable, Sequence
@@ -445,11 +446,18 @@ def _check_readable(source: Sequence[Any], records: Sequence[int], size: int) ->
     )
 
 
-def _host_batch(global_batch: int, process_count: int, what: str) -> int:
-    if global_batch % process_count:
+def host_batch(
+    global_batch: int, process_count: int, what: str = "config.batch_size", *, devices: int = 1
+) -> int:
+    """Each host's share of a global batch, ``global_batch // process_count``. The one check of
+    a batch size: a ``ConfigError`` unless it divides over the processes and over ``devices``
+    (the mesh's data axis, which splits the batch)."""
+    multiple = math.lcm(process_count, devices)
+    if global_batch % multiple:
+        devices_too = f" and the {devices} devices on the data axis" if devices > 1 else ""
         raise errors.ConfigError(
-            f"{what}={global_batch} is not divisible by the {process_count} processes: "
-            "choose a multiple of the process count"
+            f"{what}={global_batch} is not divisible by the {process_count} processes"
+            f"{devices_too}: set --{what} to a multiple of {multiple}"
         )
     return global_batch // process_count
 
@@ -475,7 +483,7 @@ def create_train_dataset(
     config: ml_collections.ConfigDict, *, process_index: int = 0, process_count: int = 1
 ) -> grain.IterDataset:
     """The training ``IterDataset`` of this process (see the module docstring for batches)."""
-    batch_size = _host_batch(config.batch_size, process_count, "config.batch_size")
+    batch_size = host_batch(config.batch_size, process_count)
     source = make_source(config, "train")
     mask_set = _mask_set(config)
     hole_range = (config.masks.hole_ratio_min, config.masks.hole_ratio_max)
@@ -607,7 +615,7 @@ def create_eval_dataset(
     batch is padded (``valid`` False) so every process yields the same number of
     equally-shaped batches of config.eval.batch_size // process_count.
     """
-    batch_size = _host_batch(config.eval.batch_size, process_count, "config.eval.batch_size")
+    batch_size = host_batch(config.eval.batch_size, process_count, "config.eval.batch_size")
     source = make_source(config, "eval")
     total = len(source) if num_images < 0 else min(num_images, len(source))
     if num_images > len(source):

@@ -16,7 +16,7 @@ import traceback
 import jax
 from absl import app, flags, logging
 
-from isnet_jax import cli, configs, errors, liveness
+from isnet_jax import cli, errors, interrupts, liveness
 
 _CONFIG: flags.FlagHolder | None = None  # defined in run(): it parses overrides as it is made
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
                  jax.device_count(), jax.devices()[0].device_kind)
     watchdog = liveness.watch(_LOST_HOST_TIMEOUT.value)
     try:
-        with cli.ctrl_c_kept():
+        with interrupts.ctrl_c_kept():
             # Imported here, after the flags: --help and a flag mistake answer at once.
             if _MODE.value == "train":
                 from isnet_jax import train
@@ -86,10 +86,10 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     global _CONFIG
     cli.quiet_abandoned_reads()
-    _CONFIG = configs.define_config_flag()
+    _CONFIG = cli.define_config_flag()
     flags.mark_flags_as_required(["workdir"])
     try:
-        app.run(main, flags_parser=configs.parse_flags(lambda: _CONFIG))
+        app.run(main, flags_parser=cli.parse_flags(lambda: _CONFIG))
     except KeyboardInterrupt:
         pass  # handled below, out of the except block (see cli.leave_interrupted)
     else:

@@ -25,11 +25,12 @@ import pathlib
 import shutil
 import sys
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from isnet_jax import cli, errors, images
+from isnet_jax import errors, images
 
 MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Which colour a mask file paints the hole, everywhere a mask file is read (config
@@ -41,8 +42,27 @@ DEFAULT_POLARITY = "hole_black"
 # Mixing modes: the release's mask_type 1 (block), 2 (half), 3 (external), 4 (1 or 3),
 # 5 (1, 2 or 3), plus the procedural generator for users without a mask set.
 MODES = ("procedural", "external", "external_or_block", "external_block_half", "block", "half")
+# Hole-ratio bands, (low, high) fractions, each named by ``band_name`` ("10-20") everywhere: the
+# folders ``split`` writes, the evaluation's tables, results.json keys, sheets and TensorBoard tags.
 # The NVIDIA test set's bands (Liu et al. 2018); anything above 60 % gets a band of its own.
 SPLIT_BANDS = ((0.0, 0.1), (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (0.6, 1.0))
+# What --mode=eval reports: the paper's four bands (Tables 3-4), then None ("all": procedural
+# masks of 10-60 %, or every mask of a mask set).
+EVAL_BANDS: tuple[tuple[float, float] | None, ...] = (
+    (0.1, 0.2), (0.2, 0.3), (0.3, 0.4), (0.4, 0.5), None)
+
+
+# numpy or JAX arrays: ``composite`` is the same expression for both (and ONNX's graph writes it
+# with its own ops, in ``export.onnx_graph``).
+Array = TypeVar("Array")
+
+
+def composite(image: Array, mask: Array, prediction: Array) -> Array:
+    """The inpainting result (paper eq. 1): ``prediction`` in the holes, ``image`` where known,
+    ``prediction * (1 - mask) + image * mask``; for a 0/1 mask the known pixels are ``image``
+    exactly. The one definition, in the order of ``inpaint(image, mask)``: training's metrics,
+    evaluation, the sample grids and every export call it."""
+    return prediction * (1.0 - mask) + image * mask
 
 
 def hole_ratio(mask: np.ndarray) -> float:
@@ -51,8 +71,10 @@ def hole_ratio(mask: np.ndarray) -> float:
     return float(np.count_nonzero(mask < 0.5)) / mask.size
 
 
-def band_name(band: tuple[float, float]) -> str:
-    """Folder name of a hole-ratio band, e.g. (0.1, 0.2) -> "10-20"."""
+def band_name(band: tuple[float, float] | None) -> str:
+    """The name of a hole-ratio band in percent, e.g. (0.1, 0.2) -> "10-20"; None -> "all"."""
+    if band is None:
+        return "all"
     lo, hi = band
     return f"{round(lo * 100):02d}-{round(hi * 100):02d}"
 
@@ -489,6 +511,9 @@ def polarity_flag(value: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Only the command line needs cli; grain's data workers import this module too.
+    from isnet_jax import cli
+
     parser = cli.ArgumentParser(prog="python -m isnet_jax.masks", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("split", help="sort a mask set into hole-ratio bands")

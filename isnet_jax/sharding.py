@@ -54,15 +54,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA))
 
 
-def check_batch_size(global_batch: int, mesh: Mesh) -> None:
-    n = mesh.shape[DATA]
-    if global_batch % n or global_batch % jax.process_count():
-        raise errors.ConfigError(
-            f"batch_size {global_batch} must be divisible by the {n} devices on the data axis "
-            f"and by the {jax.process_count()} processes; set --config.batch_size to a multiple"
-        )
-
-
 def barrier(name: str, timeout_s: int = 1800) -> None:
     """Waits until every process reaches ``name`` (no-op for one process).
 

@@ -26,9 +26,10 @@ from flax import nnx, traverse_util
 
 from isnet_jax import (
     checkpoint,
-    cli,
     errors,
+    interrupts,
     losses,
+    masks,
     models,
     optim,
     preemption,
@@ -188,7 +189,7 @@ class Trainer:
             "nonfinite_terms": jnp.sum(jnp.where(jnp.isfinite(values), 0,
                                                  2 ** jnp.arange(len(values)))),
         }
-        comp = image_metrics.composite(pred, image, mask)
+        comp = masks.composite(image, mask, pred)
         mse = jnp.mean(jnp.square(comp - image), axis=(1, 2, 3))
         step_metrics = TrainMetrics.single_from_model_output(
             **terms, g_loss=g_loss,
@@ -229,7 +230,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = epath.Path(workdir)
     created = not workdir.exists()
     mesh = sharding.create_mesh(config.get("mesh"))
-    sharding.check_batch_size(config.batch_size, mesh)
+    input_pipeline.host_batch(config.batch_size, jax.process_count(),
+                              devices=mesh.shape[sharding.DATA])
     trainer = Trainer(config, mesh)
     _log_setup(config, mesh, trainer)
     train_iter = input_pipeline.create_train_iterator(
@@ -352,10 +354,10 @@ class _Loop:
         self.data_seconds, self.window_start, self.skipped_images = 0.0, time.perf_counter(), 0
         terminate = preemption.TerminationRequest()
         # Ctrl-C (one process) stops between steps: a step cut in half has donated its state.
-        with metric_writers.ensure_flushes(self.writer), terminate, cli.ctrl_c_deferred(
+        with metric_writers.ensure_flushes(self.writer), terminate, interrupts.ctrl_c_deferred(
                 jax.process_count() == 1):
             while self.step < config.num_train_steps:
-                cli.check_interrupted()
+                interrupts.check_interrupted()
                 batch = self._next_batch(terminate)
                 if batch is None:
                     break
@@ -394,7 +396,7 @@ class _Loop:
         except Exception:
             # Ctrl-C in a terminal and a SIGTERM to the whole process group (SLURM does that)
             # also stop grain's worker processes; the state of the last step is still whole.
-            cli.check_interrupted()
+            interrupts.check_interrupted()
             if not terminate.received:
                 raise
             self.keep_progress("The data workers stopped with the SIGTERM")

@@ -7,7 +7,7 @@ from conftest import tiny_config
 from flax import nnx
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from isnet_jax import checkpoint, evaluate, input_pipeline, sharding
+from isnet_jax import checkpoint, evaluate, input_pipeline, masks, sharding
 from isnet_jax.evaluators import classical
 
 BAND = (0.3, 0.4)
@@ -18,7 +18,7 @@ def test_opencv_rows_are_cv2_inpaint_on_the_same_images_and_masks(tiny_checkpoin
     g_def, g_state = nnx.split(checkpoint.restore_generator(tiny_checkpoint)[0])
     mesh = sharding.create_mesh(config.get("mesh"))
     results = evaluate.evaluate_bands(config, g_def, g_state, mesh, 6, bands=(BAND,))
-    row = results[evaluate.band_label(BAND)]
+    row = results[masks.band_name(BAND)]
 
     # The same eval images and masks, filled by OpenCV here, scored by scikit-image.
     expected = {"telea": [], "navier_stokes": []}

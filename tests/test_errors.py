@@ -14,7 +14,7 @@ from isnet_jax import cli
 _LOST = textwrap.dedent(
     """
     import gc, os, signal, sys, weakref
-    from isnet_jax import cli
+    from isnet_jax import cli, interrupts
 
     class Thing:
         pass
@@ -29,7 +29,7 @@ _LOST = textwrap.dedent(
         del thing
         gc.collect()
         print("work went on", flush=True)
-        cli.check_interrupted()  # what a long loop does at each step
+        interrupts.check_interrupted()  # what a long loop does at each step
         print("not reached", flush=True)
         return 0
 

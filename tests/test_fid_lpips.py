@@ -226,10 +226,10 @@ def test_where_pytorch_fid_stops_eval_reports_the_eigh_value(caplog):
     stats = fid.FeatureStats(a.shape[1])
     stats.update(a)
     with caplog.at_level(logging.WARNING):
-        value = fid_lpips.BandAccumulator(metrics, "20-30%")._distance("fid", stats)
+        value = fid_lpips.BandAccumulator(metrics, "band 20-30")._distance("fid", stats)
     assert value == pytest.approx(exact, rel=1e-9)
     (note,) = metrics.fallbacks  # (the streamed covariance rounds differently from np.cov's)
-    assert note.startswith("fid of 20-30%: FID: the matrix square root has an imaginary")
+    assert note.startswith("fid of band 20-30: FID: the matrix square root has an imaginary")
     assert note.endswith("the value shown is from fid_method=eigh")
     assert "fid_method=eigh" in caplog.text
 

@@ -112,6 +112,21 @@ def test_no_import_inside_a_function_hides_a_cycle():
     assert not hidden, hidden
 
 
+# The command lines; everything else is library, which never imports ``isnet_jax.cli`` (its
+# parser, exit codes and process-wide hooks), not even through another module.
+COMMAND_LINES = {"isnet_jax.main", "isnet_jax.inpaint", "isnet_jax.app", "isnet_jax.convert",
+                 "isnet_jax.masks", "isnet_jax.export.__main__", "isnet_jax.rehearse.scenarios"}
+
+
+def test_library_modules_do_not_import_the_command_line_helpers():
+    edges, _ = import_graph()
+    library = [m for m in edges if m not in COMMAND_LINES and m != "isnet_jax.cli"
+               and not m.startswith(("isnet_jax.benchmarks.", "isnet_jax.rehearse."))]
+    assert "isnet_jax.train" in library and "isnet_jax.input_pipeline" in library
+    through = {m: path for m in library if (path := _reaches(edges, m, "isnet_jax.cli"))}
+    assert not through, through
+
+
 def test_a_wheel_installs_only_isnet_jax_and_runs_the_demo_from_anywhere(tmp_path):
     """``pip wheel`` of the checkout, installed into a fresh venv that borrows this one's
     dependencies (a ``.pth`` line: no download, no reinstall of jax or TensorFlow), runs

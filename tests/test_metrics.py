@@ -112,15 +112,6 @@ def test_compute_all_is_batched_per_image():
     assert np.isnan(small["ec_ssim"]).all() and np.isfinite(small["ssim_skimage"]).all()
 
 
-def test_composite_keeps_known_pixels():
-    rng = np.random.default_rng(1)
-    pred, image = rng.random((2, 1, 8, 8, 3), np.float32)
-    mask = (rng.random((1, 8, 8, 1)) > 0.5).astype(np.float32)
-    out = np.asarray(metrics.composite(pred, image, mask))
-    np.testing.assert_array_equal(np.where(mask > 0, out, 0), np.where(mask > 0, image, 0))
-    np.testing.assert_array_equal(np.where(mask > 0, 0, out), np.where(mask > 0, 0, pred))
-
-
 def test_mean_colour_fill_paints_holes_with_the_known_mean():
     rng = np.random.default_rng(3)
     image = rng.random((2, 8, 8, 3), np.float32)

@@ -158,7 +158,7 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
     assert [e.step for e in events.Images("samples")] == [2, 4]
     events = event_accumulator.EventAccumulator(str(local / "eval"))
     events.Reload()
-    assert "10-20%/psnr" in events.Tags()["scalars"] and "all/sheet" in events.Tags()["images"]
+    assert "10-20/psnr" in events.Tags()["scalars"] and "all/sheet" in events.Tags()["images"]
 
     # inpaint --checkpoint gs://...: the same pixels as from a local copy of the checkpoint.
     import skimage.data

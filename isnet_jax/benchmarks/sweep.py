@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from isnet_jax import checkpoint, evaluate, sharding, train
+from isnet_jax import checkpoint, evaluate, masks, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds a run).")
@@ -31,7 +31,7 @@ _EVAL_STEPS = flags.DEFINE_list("eval_steps", ["200"], "Steps whose checkpoints 
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 64, "Held-out images per band.")
 _LABEL = flags.DEFINE_string("label", "", "Name of this setting in the table.")
 
-BANDS = evaluate.BANDS[:-1]  # the paper's four bands
+BANDS = masks.EVAL_BANDS[:-1]  # the paper's four bands
 
 
 def evaluate_steps(config, workdir: epath.Path, steps: list[int], num_images: int) -> list[dict]:

@@ -202,7 +202,7 @@ class StepBenchmark:
         vgg_source: str = "",
         compiler_options: dict[str, Any] | None = None,
     ):
-        from isnet_jax import sharding, train
+        from isnet_jax import input_pipeline, sharding, train
 
         self.config = config
         self.compiler_options = dict(compiler_options or {})
@@ -222,7 +222,8 @@ class StepBenchmark:
         )
         t0 = time.perf_counter()
         mesh = sharding.create_mesh(config.get("mesh"))
-        sharding.check_batch_size(config.batch_size, mesh)
+        input_pipeline.host_batch(config.batch_size, jax.process_count(),
+                                  devices=mesh.shape[sharding.DATA])
         self.trainer = train.Trainer(config, mesh)
         self.state = jax.block_until_ready(self.trainer.init_state())
         rng = np.random.default_rng(0)

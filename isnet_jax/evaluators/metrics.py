@@ -210,11 +210,6 @@ def mean_colour_fill(image: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.broadcast_to(mean, image.shape)
 
 
-def composite(pred: jax.Array, image: jax.Array, mask: jax.Array) -> jax.Array:
-    """``pred * (1 - mask) + image * mask``: the known pixels (mask 1) come from ``image``."""
-    return pred * (1.0 - mask) + image * mask
-
-
 @jax.jit
 def compute_all(result: jax.Array, image: jax.Array) -> dict[str, jax.Array]:
     """Every metric of ``result`` (normally the composite) against the ground truth ``image``.

@@ -16,7 +16,7 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from isnet_jax.evaluators import metrics
+from isnet_jax import masks
 
 OUTLINE = (1.0, 0.0, 0.9)  # magenta: rare in photographs
 GUTTER = 2  # pixels of white between panels and rows
@@ -72,7 +72,7 @@ def sample_grid(image, mask, pred, max_rows: int = 4) -> np.ndarray:
     (rows * H, 4 * W, 3)."""
     image, mask, pred = (np.asarray(a, np.float32)[:max_rows] for a in (image, mask, pred))
     masked = image * mask + (1.0 - mask)
-    comp = metrics.composite(pred, image, mask)
+    comp = masks.composite(image, mask, pred)
     rows = [np.concatenate(cols, axis=1) for cols in zip(masked, pred, comp, image, strict=True)]
     grid = np.concatenate(rows, axis=0)
     return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

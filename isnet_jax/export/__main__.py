@@ -17,7 +17,8 @@ import time
 from collections.abc import Sequence
 
 from isnet_jax import cli
-from isnet_jax import export as lib
+from isnet_jax.export import core
+from isnet_jax.models import MULTIPLE
 
 
 def parse_args(argv: Sequence[str] | None = None):
@@ -30,28 +31,28 @@ def parse_args(argv: Sequence[str] | None = None):
                         help="training workdir, its checkpoints/ folder, or a converted folder")
     parser.add_argument("--step", type=int, default=None,
                         help="checkpoint step to export (default: the latest)")
-    parser.add_argument("--format", required=True, choices=lib.FORMATS,
+    parser.add_argument("--format", required=True, choices=core.FORMATS,
                         help="what to write: stablehlo (jax.export), savedmodel (TF Serving), "
                         "tflite (fixed shape), onnx (onnxruntime)")
     parser.add_argument("--output", required=True, type=pathlib.Path,
                         help="folder to create for the exported model and export.json")
     parser.add_argument("--batch", type=int, default=None,
                         help="fix the batch size (default: dynamic; tflite: "
-                        f"{lib.FIXED_DEFAULT.batch})")
+                        f"{core.FIXED_DEFAULT.batch})")
     parser.add_argument("--height", type=int, default=None,
-                        help=f"fix the height, a multiple of {lib.MULTIPLE} (default: dynamic; "
-                        f"tflite: {lib.FIXED_DEFAULT.height})")
+                        help=f"fix the height, a multiple of {MULTIPLE} (default: dynamic; "
+                        f"tflite: {core.FIXED_DEFAULT.height})")
     parser.add_argument("--width", type=int, default=None,
-                        help=f"fix the width, a multiple of {lib.MULTIPLE} (default: dynamic; "
-                        f"tflite: {lib.FIXED_DEFAULT.width})")
+                        help=f"fix the width, a multiple of {MULTIPLE} (default: dynamic; "
+                        f"tflite: {core.FIXED_DEFAULT.width})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output folder")
     return parser.parse_args(argv)
 
 
 def run(args) -> int:
-    shape = lib.shape_for(args.format, lib.Shape(args.batch, args.height, args.width))
-    lib.check_output(args.output, args.overwrite)
+    shape = core.shape_for(args.format, core.Shape(args.batch, args.height, args.width))
+    core.check_output(args.output, args.overwrite)
     from isnet_jax import checkpoint
 
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
@@ -60,11 +61,11 @@ def run(args) -> int:
           f"{shape.describe()}{' (fixed)' if shape.fixed else ''}: this takes a minute or two",
           flush=True)
     start = time.perf_counter()
-    folder = lib.export(generator, args.format, args.output, shape=shape,
+    folder = core.export(generator, args.format, args.output, shape=shape,
                         overwrite=args.overwrite,
                         meta={**meta, "checkpoint": str(args.checkpoint)})
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    print(f"wrote {folder / lib.MODEL_FILES[args.format]} and {lib.META_FILE} "
+    print(f"wrote {folder / core.MODEL_FILES[args.format]} and {core.META_FILE} "
           f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from isnet_jax import errors
-from isnet_jax import export as base
+from isnet_jax.export import core
 from isnet_jax.models.generator import ConvAct, ResBlock, Stage, Stem, TwoStream, Up
 from isnet_jax.models.layers import Conv, Sequential
 
@@ -136,22 +136,22 @@ def _emit_generator(g: _Graph, generator: TwoStream, x: str) -> str:
     return g.op("Mul", [g.op("Add", [g.op("Tanh", [y]), one]), half])
 
 
-def build(generator: nnx.Module, shape: base.Shape):
+def build(generator: nnx.Module, shape: core.Shape):
     """The ``onnx.ModelProto`` of ``composite = inpaint(image, mask)`` (NHWC float32)."""
     g = _Graph()
     helper, TensorProto = g.onnx.helper, g.onnx.TensorProto
-    folded = base.fold_spectral_norm(generator)
+    folded = core.fold_spectral_norm(generator)
     dims = [shape.batch or "batch", shape.height or "height", shape.width or "width"]
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [*dims, 3])
     mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [*dims, 1])
-    output = helper.make_tensor_value_info(base.OUTPUT, TensorProto.FLOAT, [*dims, 3])
+    output = helper.make_tensor_value_info(core.OUTPUT, TensorProto.FLOAT, [*dims, 3])
 
     masked = g.op("Transpose", [g.op("Mul", ["image", "mask"])], perm=[0, 3, 1, 2])
     prediction = g.op("Transpose", [_emit_generator(g, folded, masked)], perm=[0, 2, 3, 1])
-    # base.composite: prediction * (1 - mask) + image * mask.
+    # masks.composite: prediction * (1 - mask) + image * mask.
     hole = g.op("Sub", [g.const(np.float32(1.0), "one"), "mask"])
     g.op("Add", [g.op("Mul", [prediction, hole]), g.op("Mul", ["image", "mask"])],
-         output=base.OUTPUT)
+         output=core.OUTPUT)
 
     graph = helper.make_graph(g.nodes, "isnet_inpaint", [image, mask], [output],
                               initializer=g.initializers)
@@ -162,11 +162,11 @@ def build(generator: nnx.Module, shape: base.Shape):
     return model
 
 
-def write(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape) -> dict[str, Any]:
+def write(generator: nnx.Module, folder: pathlib.Path, shape: core.Shape) -> dict[str, Any]:
     import onnx
 
     model = build(generator, shape)
-    onnx.save(model, str(folder / base.MODEL_FILES["onnx"]))
+    onnx.save(model, str(folder / core.MODEL_FILES["onnx"]))
     return {
         "opset": OPSET,
         "onnx_version": onnx.__version__,

@@ -30,7 +30,9 @@ import jax
 import numpy as np
 from flax import nnx
 
-from isnet_jax import export as base
+from isnet_jax import masks
+from isnet_jax.export import core
+from isnet_jax.models import MULTIPLE
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter, not our warnings
 
@@ -41,24 +43,24 @@ def _tf():
     return tf
 
 
-def _polymorphic(shape: base.Shape, channels: int) -> str:
+def _polymorphic(shape: core.Shape, channels: int) -> str:
     b = "b" if shape.batch is None else str(shape.batch)
-    h = f"{base.MULTIPLE}*h" if shape.height is None else str(shape.height)
-    w = f"{base.MULTIPLE}*w" if shape.width is None else str(shape.width)
+    h = f"{MULTIPLE}*h" if shape.height is None else str(shape.height)
+    w = f"{MULTIPLE}*w" if shape.width is None else str(shape.width)
     return f"({b}, {h}, {w}, {channels})"
 
 
-def inpaint_module(generator: nnx.Module, shape: base.Shape):
+def inpaint_module(generator: nnx.Module, shape: core.Shape):
     """A ``tf.Module`` holding the folded weights as variables, and ``serving_default``."""
     tf = _tf()
     from jax.experimental import jax2tf
 
-    graphdef, state = nnx.split(base.fold_spectral_norm(generator))
+    graphdef, state = nnx.split(core.fold_spectral_norm(generator))
     leaves, treedef = jax.tree.flatten(state)
 
     def apply(weights, image, mask):
         g = nnx.merge(graphdef, jax.tree.unflatten(treedef, weights))
-        return base.composite(image, mask, g(image * mask, train=False))
+        return masks.composite(image, mask, g(image * mask, train=False))
 
     converted = jax2tf.convert(
         apply,
@@ -77,13 +79,13 @@ def inpaint_module(generator: nnx.Module, shape: base.Shape):
                          tf.TensorSpec(shape.dims(1), tf.float32, name="mask")],
     )
     def serving_default(image, mask):
-        return {base.OUTPUT: converted(module.weights, image, mask)}
+        return {core.OUTPUT: converted(module.weights, image, mask)}
 
     module.serving_default = serving_default
     return module
 
 
-def save(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape):
+def save(generator: nnx.Module, folder: pathlib.Path, shape: core.Shape):
     tf = _tf()
     module = inpaint_module(generator, shape)
     signature = module.serving_default.get_concrete_function()
@@ -92,7 +94,7 @@ def save(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape):
 
 
 def write_savedmodel(generator: nnx.Module, folder: pathlib.Path,
-                     shape: base.Shape) -> dict[str, Any]:
+                     shape: core.Shape) -> dict[str, Any]:
     tf = _tf()
     save(generator, folder, shape)
     return {
@@ -103,7 +105,7 @@ def write_savedmodel(generator: nnx.Module, folder: pathlib.Path,
     }
 
 
-def write_tflite(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape) -> dict[str, Any]:
+def write_tflite(generator: nnx.Module, folder: pathlib.Path, shape: core.Shape) -> dict[str, Any]:
     tf = _tf()
     if not shape.fixed:
         raise ValueError(f"TFLite exports need a fixed shape, got {shape}")
@@ -112,7 +114,7 @@ def write_tflite(generator: nnx.Module, folder: pathlib.Path, shape: base.Shape)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, ["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         model = converter.convert()
-    (folder / base.MODEL_FILES["tflite"]).write_bytes(model)
+    (folder / core.MODEL_FILES["tflite"]).write_bytes(model)
     return {
         "signature": "serving_default",
         "tensorflow_version": tf.__version__,

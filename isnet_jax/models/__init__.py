@@ -17,7 +17,7 @@ from isnet_jax.models.build import (
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.generator import Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
-from isnet_jax.models.registry import GENERATORS, count_params, create_generator
+from isnet_jax.models.registry import GENERATORS, MULTIPLE, count_params, create_generator
 from isnet_jax.models.vgg import VGG19
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Conv",
     "Discriminator",
     "GENERATORS",
+    "MULTIPLE",
     "Generator",
     "SpectralState",
     "UNetGenerator",

@@ -10,6 +10,11 @@ from isnet_jax import errors
 from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
 from isnet_jax.models.generator import Generator
 
+# Every generator halves the resolution four times (its deepest branch is at 1/16): inputs are
+# H x W with H and W multiples of this, wherever a generator runs (inpainting pads to it, an
+# export accepts only such sizes).
+MULTIPLE = 16
+
 GENERATORS: dict[str, type[nnx.Module]] = {
     "isnet": Generator,
     "basemodel": BaseModel,
