@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
-from isnet_jax import checkpoint, evaluate, sharding, train
+from isnet_jax import checkpoint, configs, evaluate, sharding, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds a run).")
@@ -94,4 +94,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=configs.parse_flags(lambda: _CONFIG))

@@ -24,12 +24,13 @@ from isnet_jax import cli
 DEMO = pathlib.Path(__file__).resolve().parent / "demo.py"
 
 
-def define_config_flag() -> flags.FlagHolder:
+def define_config_flag(default: str = str(DEMO), *, lock_config: bool = True) -> flags.FlagHolder:
     """``--config`` (default: the demo), whose overrides ml_collections applies to ``sys.argv``
     as the flag is defined: a bad override is one ``error:`` line and status 2."""
     try:
         return config_flags.DEFINE_config_file(
-            "config", str(DEMO), "Training configuration file (configs/*.py).", lock_config=True)
+            "config", default, "Training configuration file (configs/*.py).",
+            lock_config=lock_config)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         _exit(explain(sys.argv, e))
 
