@@ -6,8 +6,9 @@ is a bug and keeps its traceback (``run_cli``). ``python -m isnet_jax.inpaint`` 
 ``python -m isnet_jax.app`` choose their checkpoint and crop settings with the same flags
 (``add_model_arguments``); every command names a checkpoint ``--checkpoint PATH --step N``
 (``add_checkpoint_arguments``), and an old spelling of a flag keeps working with one warning
-line (``ArgumentParser.add_deprecated_alias``; docs/cli.md lists them all). Library loops that must not stop half-way through a step (training)
-use ``ctrl_c_deferred`` and ``check_interrupted``.
+line (``ArgumentParser.add_deprecated_alias``; docs/cli.md lists them all). Library loops
+that must not stop half-way through a step (training) use ``ctrl_c_deferred`` and
+``check_interrupted``.
 """
 
 from __future__ import annotations

@@ -21,11 +21,10 @@ import jax
 from absl import app, flags, logging
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
 from isnet_jax import checkpoint, configs, evaluate, sharding, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_CONFIG = configs.define_config_flag(None)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds a run).")
 _EVAL_STEPS = flags.DEFINE_list("eval_steps", ["200"], "Steps whose checkpoints are evaluated.")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 64, "Held-out images per band.")

@@ -24,12 +24,16 @@ from isnet_jax import cli
 DEMO = pathlib.Path(__file__).resolve().parent / "demo.py"
 
 
-def define_config_flag(default: str = str(DEMO), *, lock_config: bool = True) -> flags.FlagHolder:
+def define_config_flag(
+    default: str | None = str(DEMO), *, lock_config: bool = True
+) -> flags.FlagHolder:
     """``--config`` (default: the demo), whose overrides ml_collections applies to ``sys.argv``
     as the flag is defined: a bad override is one ``error:`` line and status 2."""
+    named = f"default: {pathlib.Path(default).name}" if default else "required"
     try:
         return config_flags.DEFINE_config_file(
-            "config", default, "Training configuration file (configs/*.py).",
+            "config", default, f"Training configuration file (configs/*.py; {named}); "
+            "--config.FIELD=VALUE overrides one of its fields (configs/default.py lists them).",
             lock_config=lock_config)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         _exit(explain(sys.argv, e))
