@@ -170,8 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m isnet_jax.benchmarks.inpaint", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--width", type=int, default=4000)
-    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--width", type=int, default=4000, help="photo width in pixels")
+    parser.add_argument("--height", type=int, default=3000, help="photo height in pixels")
     parser.add_argument("--hole", type=float, default=0.03, help="hole fraction to aim for")
     parser.add_argument("--resize-modes", default=",".join(MODES),
                         help="comma-separated resize modes to time")
