@@ -59,11 +59,11 @@ def main(argv: list[str]) -> None:
     watchdog = liveness.watch(_LOST_HOST_TIMEOUT.value)
     try:
         with cli.ctrl_c_kept():
-            # Imported here, after the flags: --help and a flag mistake answer at once.
             if _MODE.value == "train" and (_CHECKPOINT.value or _STEP.value is not None):
                 raise errors.ConfigError(
                     "--checkpoint and --step choose what --mode=eval evaluates; training resumes "
                     "WORKDIR's latest checkpoint (--config.init_from starts from another)")
+            # Imported here, after the flags: --help and a flag mistake answer at once.
             if _MODE.value == "train":
                 from isnet_jax import train
 
