@@ -159,3 +159,15 @@ def test_a_bad_flag_of_an_absl_command_is_one_error_line_and_status_2(command):
     assert out.returncode == cli.EXIT_USER_ERROR, out.stderr[-3000:]
     assert out.stderr.splitlines() == [
         "error: Unknown command line flag 'no_such_flag'; see --help"], out.stderr[-3000:]
+
+
+def test_main_refuses_a_step_when_training(tmp_path):
+    """--checkpoint/--step choose what --mode=eval evaluates: training would ignore them."""
+    out = subprocess.run([sys.executable, "-m", "isnet_jax.main", f"--workdir={tmp_path / 'w'}",
+                          "--step=3"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == cli.EXIT_USER_ERROR, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: --checkpoint and --step choose what --mode=eval evaluates; training "
+                      "resumes WORKDIR's latest checkpoint (--config.init_from starts from "
+                      "another)"], out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
