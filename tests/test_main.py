@@ -200,7 +200,7 @@ def test_a_damaged_checkpoint_is_named_and_skipped(tmp_path, caplog):
     assert "Traceback" not in out.stderr and "exception" not in out.stderr, out.stderr[-3000:]
     assert (workdir / "eval" / "step_2" / "results.json").exists()
 
-    out = _run(f"--workdir={workdir}", "--mode=eval", "--checkpoint=4", *_TINY)
+    out = _run(f"--workdir={workdir}", "--mode=eval", "--step=4", *_TINY)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     line = [x for x in out.stderr.splitlines() if x.startswith("error:")]
     assert len(line) == 1 and "step 4" in line[0] and "steps [2] are there too" in line[0]

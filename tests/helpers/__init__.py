@@ -1,1 +1,2 @@
-"""What the tests share that is not a fixture: test data built for them (``tiny_dataset``)."""
+"""What the tests share that is not a fixture: test data built for them (``tiny_dataset``), the
+docs/cli.md generator as a module (``cli_docs``)."""
