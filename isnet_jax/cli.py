@@ -18,7 +18,6 @@ import argparse
 import contextvars
 import difflib
 import gc
-import importlib.util
 import logging
 import os
 import pathlib
@@ -376,7 +375,7 @@ def _first_line(error: Exception) -> str:
 
 def _unknown_field(argv: list[str]) -> str | None:
     """The first ``--config.FIELD`` override whose field the config lacks, in words."""
-    fields = _field_names(_load(_config_path(argv)))
+    fields = _field_names(configs.load(_config_path(argv)))
     for flag in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
         name = flag[len("--config."):]
         if name not in fields:
@@ -384,13 +383,6 @@ def _unknown_field(argv: list[str]) -> str | None:
             hint = f"; did you mean --config.{close[0]}?" if close else ""
             return f"{flag}: the config has no such field{hint}"
     return None
-
-
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location("_isnet_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _config_path(argv: list[str]) -> str:
