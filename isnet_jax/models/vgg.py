@@ -173,9 +173,10 @@ def load_vgg19(
     name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
     exist."""
     path = torch_weights.weights_file(
-        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Get torchvision's "
-        f"vgg19-dcbb9e9d.pth, run `{_CONVERT_HINT}` and point config.loss.vgg_weights at "
-        f"DIR/{VGG_FILE}")
+        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Leave config.loss.vgg_weights "
+        f"empty (or set it to vgg19) to fetch torchvision's vgg19-dcbb9e9d.pth into the weights "
+        f"cache ($ISNET_JAX_CACHE, default ~/.cache/isnet_jax), or run `{_CONVERT_HINT}` and "
+        f"point config.loss.vgg_weights at DIR/{VGG_FILE}")
     if not torch_weights.is_npz(path):
         return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)
     vgg = _abstract(normalization, dtype)
