@@ -42,6 +42,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator, Mapping
 
 from absl import logging
@@ -217,8 +218,8 @@ def by_hand_path(name: str) -> str:
 
 
 def resolve(value: str, name: str) -> str:
-    """What a config field naming a weight file means: "" (the default) or a known name is
-    fetched (``fetch``), ``name`` for "", anything else is a path, returned as it is."""
+    """What a config field naming a weight file means: "" (the default) fetches ``name``, a
+    known name fetches that file (``fetch``), anything else is a path, returned as it is."""
     if not value:
         return fetch(name)
     if value in table():
@@ -257,7 +258,7 @@ def _fetch_as_one_of_several(known: Known, index: int) -> str:
     if index == 0:
         try:
             path = _fetch(known)
-        except errors.UserError as e:
+        except Exception as e:  # the others must not wait for a file that will not come
             client.key_value_set(key, f"error:{e}", allow_overwrite=True)
             raise
         client.key_value_set(key, "ok", allow_overwrite=True)
@@ -278,8 +279,9 @@ def _fetch_as_one_of_several(known: Known, index: int) -> str:
 def _fetch(known: Known) -> str:
     cache = cache_dir()
     ready = _join(cache, known.folder, known.ready_file)
-    if _exists(ready):
-        return ready
+    with _cache_errors(cache, "read"):
+        if _exists(ready):
+            return ready
     if _remote(cache):
         return _fetch_into_remote(known, cache, ready)
     return _fetch_into_local(known, pathlib.Path(cache), pathlib.Path(ready))
@@ -294,7 +296,7 @@ def _exists(path: str) -> bool:
 
 
 def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path) -> str:
-    with _cache_writes(cache):
+    with _cache_errors(cache):
         ready.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(ready.parent)
         by_hand = cache / known.file
@@ -325,10 +327,11 @@ def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
         local = pathlib.Path(local)
         source = local / known.file
         by_hand = epath.Path(_join(cache, known.file))
-        with _cache_writes(cache):
+        with _cache_errors(cache, "read"):
             found = by_hand.exists()
         if found:
-            with _cache_writes(cache), by_hand.open("rb") as src, open(source, "wb") as dst:
+            with _cache_errors(cache, "read"), by_hand.open("rb") as src, \
+                    open(source, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
             _check_file(known, source, by_hand=True, shown=str(by_hand))
         else:
@@ -338,8 +341,8 @@ def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
         if known.converts_to:
             _convert(known, source, converted)
         target = epath.Path(ready)
-        partial = target.parent / f".{known.ready_file}.{os.getpid()}.partial"
-        with _cache_writes(cache):
+        partial = target.parent / f".{known.ready_file}.{uuid.uuid4().hex[:12]}.partial"
+        with _cache_errors(cache):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with open(converted, "rb") as src, partial.open("wb") as dst:
@@ -352,15 +355,17 @@ def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
 
 
 @contextlib.contextmanager
-def _cache_writes(cache: str | os.PathLike) -> Iterator[None]:
-    """An ``OSError`` of the cache itself (read-only, full, no permission) as ``CacheError``."""
+def _cache_errors(cache: str | os.PathLike, verb: str = "write") -> Iterator[None]:
+    """An ``OSError`` of the cache itself (read-only, full, no permission, a bucket out of
+    reach) as ``CacheError``."""
     try:
         yield
     except errors.UserError:
         raise
     except OSError as e:
+        able = {"write": "writable", "read": "readable"}[verb]
         raise CacheError(
-            f"cannot write the weights cache {cache} ({e.strerror or e}); make it writable or "
+            f"cannot {verb} the weights cache {cache} ({e.strerror or e}); make it {able} or "
             f"set {CACHE_VARIABLE} to a folder that is") from None
 
 
@@ -407,7 +412,7 @@ def _download(known: Known, f, cache: str | os.PathLike) -> None:
             if not chunk:
                 break
             digest.update(chunk)
-            with _cache_writes(cache):
+            with _cache_errors(cache):
                 f.write(chunk)
             received += len(chunk)
             progress.update(received)
@@ -443,6 +448,7 @@ def _install(known: Known, source: pathlib.Path, ready: pathlib.Path) -> None:
     """The checked ``source`` becomes ``ready`` (same disk): converted into a temporary file
     beside it and renamed, or itself renamed; each rename is one atomic step."""
     if not known.converts_to:
+        _readable(source)
         os.replace(source, ready)
         return
     fd, partial = tempfile.mkstemp(prefix=f".{known.ready_file}.", suffix=".partial",
@@ -450,9 +456,21 @@ def _install(known: Known, source: pathlib.Path, ready: pathlib.Path) -> None:
     os.close(fd)
     try:
         _convert(known, source, pathlib.Path(partial))
+        _readable(pathlib.Path(partial))
         os.replace(partial, ready)
     finally:
         pathlib.Path(partial).unlink(missing_ok=True)
+
+
+def _readable(path: pathlib.Path) -> None:
+    """The mode a new file gets from the umask: temporary files are made private (0600), and a
+    cache on a shared disk serves every user of the machine or every host of the pod."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _convert(known: Known, source: pathlib.Path, target: pathlib.Path) -> None:

@@ -92,7 +92,8 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_path, vgg19_file):
+def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_path, vgg19_file,
+                                                                    capsys):
     from isnet_jax.models import vgg
     from isnet_jax.torch_io import pth
 
@@ -102,6 +103,9 @@ def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_
     assert path == str(cache / folder / "vgg19.npz") == weights.path_of("vgg19")
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
     assert _files(cache) == [f"{folder}/vgg19.npz"]  # converted; no download left over
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask  # not a temporary file's 0600
     # Converted as `convert --vgg19` does: our npz, torch's OIHW kernels as HWIO.
     net = vgg.load_vgg19(path)
     published = pth.load_pth(vgg19_file)
@@ -109,9 +113,14 @@ def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_
                                   published["7.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(np.asarray(net.convs[15].bias.get_value()),
                                   published["34.bias"])
-    # A file used as published: the same bytes.
+    # Its progress in a log (not a terminal): a line per tenth of a large file.
+    progress = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("downloading vgg19-dcbb9e9d.pth: ")]
+    assert 2 <= len(progress) <= 11 and progress[-1].endswith(" 80.1 of 80.1 MB (100%)")
+    # A file used as published: the same bytes; a small one, no progress lines.
     lin = weights.fetch("lpips_alex")
     assert pathlib.Path(lin).read_bytes() == LPIPS_ALEX.read_bytes()
+    assert "downloading" not in capsys.readouterr().err
     assert lin.endswith("lpips_alex-" + weights_server.sha256(LPIPS_ALEX)[:8]
                         + "/lpips-v0.1-alex.pth")
 
@@ -122,6 +131,27 @@ def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1, "lpips-v0.1-alex.pth": 1}
     # Anything else is a path, returned as it is.
     assert weights.resolve("some/dir/vgg19.npz", "vgg19") == "some/dir/vgg19.npz"
+
+
+def test_progress_on_a_terminal_is_one_line_redrawn_a_few_times_a_second():
+    import io
+    import time
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    progress = weights._Progress("f.pth", 10_000_000, out)
+    start = time.monotonic()
+    for received in range(0, 10_000_001, 1000):  # 10 001 chunks as fast as they come
+        progress.update(received)
+    progress.done(10_000_000)
+    seconds = time.monotonic() - start
+    redraws = out.getvalue().split("\r")[1:]
+    assert 1 <= len(redraws) <= 2 + 4 * seconds, (len(redraws), seconds)
+    assert out.getvalue().count("\n") == 1 and out.getvalue().endswith("\n")
+    assert redraws[-1].startswith("f.pth: 10.0 of 10.0 MB (100%)")
 
 
 def test_a_download_cut_midway_leaves_nothing_and_the_next_one_completes(server, tmp_path):
@@ -322,3 +352,83 @@ def test_several_processes_download_once(server, tmp_path):
     assert len(first) == 1 and first[0].startswith("error: cannot download lpips-v0.1-alex.pth")
     assert second == [f"error: process 0 could not fetch lpips-v0.1-alex.pth: {first[0][7:]}"]
     assert _files(tmp_path / "empty") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The command lines
+
+
+def _main(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "isnet_jax.main", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfds, vgg19_file):
+    """``python -m isnet_jax.main --config=configs/places2.py --workdir=W`` trains with VGG on
+    (4 blocks, the release's losses), given only where the data is, its size and the steps."""
+    from helpers import tiny_dataset
+
+    as_typed = ["--config=configs/places2.py"]
+    data_size_steps = [  # the only overrides: all else is the paper config
+        f"--config.data.data_dir={tiny_tfds}", f"--config.data.name={tiny_dataset.NAME}",
+        "--config.image_size=32", "--config.batch_size=2", "--config.num_train_steps=2"]
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    with serve({"vgg19": vgg19_file}) as server:
+        env = _env(**{weights.CACHE_VARIABLE: str(cache), weights.TABLE_VARIABLE: str(
+            write_table(tmp_path / "table.json", server, {"vgg19": vgg19_file}))})
+        out = _main(*as_typed, f"--workdir={workdir}", *data_size_steps, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Training isnet (blocks=4, " in out.stderr and "step 2/2: " in out.stderr
+        step = out.stderr.split("step 2/2: ")[1].splitlines()[0]
+        assert " perc " in step and " style " in step  # the VGG losses are on
+        assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
+        assert _files(cache) == [f"vgg19-{weights_server.sha256(vgg19_file)[:8]}/vgg19.npz"]
+
+        # A second run (resuming the first) fetches nothing.
+        out = _main(*as_typed, f"--workdir={workdir}", *data_size_steps, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Resuming from the checkpoint of step 2" in out.stderr
+        assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
+
+        # The server stopped and an empty cache: one line naming the file, its URL and where
+        # to put it; nothing partial, no workdir.
+        server.stop()
+        empty, new = tmp_path / "empty", tmp_path / "new"
+        out = _main(*as_typed, f"--workdir={new}", *data_size_steps,
+                    env=dict(env, **{weights.CACHE_VARIABLE: str(empty)}))
+    assert out.returncode == 2, out.stderr[-3000:]
+    lines = _error_lines(out.stderr)
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert lines[0].startswith(f"error: cannot download vgg19-dcbb9e9d.pth from "
+                               f"{server.url('vgg19-dcbb9e9d.pth')} (")
+    assert f"put it at {empty / 'vgg19-dcbb9e9d.pth'}" in lines[0]
+    assert _files(empty) == [] and not new.exists()
+
+
+def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, tiny_checkpoint):
+    """``--mode=eval`` with ``fid_weights=inception`` and ``lpips_net=alex``, no paths: their
+    files are fetched once, and the table has the FID and LPIPS rows."""
+    from conftest import TINY_FLAGS
+    from fid_lpips_weights import write_weight_files
+
+    published = write_weight_files(tmp_path / "published")
+    files = {"inception": published["inception"], "alexnet": published["alexnet"],
+             "lpips_alex": published["lin_alex"]}
+    by_name = ["--config.eval.fid_weights=inception", "--config.eval.lpips_net=alex"]
+    with serve(files) as server:
+        env = _env(**{weights.CACHE_VARIABLE: str(tmp_path / "cache"), weights.TABLE_VARIABLE:
+                      str(write_table(tmp_path / "table.json", server, files))})
+        out = _main(f"--workdir={tmp_path / 'eval'}", "--mode=eval",
+                    f"--checkpoint={tiny_checkpoint}", "--config.num_train_steps=4", *TINY_FLAGS,
+                    "--config.eval.num_images_final=4", "--config.eval.fid_method=eigh",
+                    "--config.eval.classical_baselines=", *by_name, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    for row in ("| FID |", "| FID, mean-colour fill |", "| LPIPS (alex) |"):
+        assert row in out.stdout, row
+    notes = [line for line in out.stdout.splitlines() if "not computed" in line]
+    assert not any("FID" in line or "LPIPS" in line for line in notes), notes
+    assert server.requests == {"pt_inception-2015-12-05-6726825d.pth": 1,
+                               "alexnet-owt-7be5be79.pth": 1, "lpips-v0.1-alex.pth": 1}
+    assert sorted(_files(tmp_path / "cache")) == sorted(
+        f"{name}-{weights_server.sha256(path)[:8]}/{weights.KNOWN[name].ready_file}"
+        for name, path in files.items())
