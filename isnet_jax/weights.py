@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
+import importlib
 import json
 import os
 import pathlib
@@ -301,7 +302,7 @@ def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path) ->
         _remove_abandoned(ready.parent)
         by_hand = cache / known.file
         if by_hand.is_file():
-            _check_file(known, by_hand, by_hand=True)
+            _check_file(known, by_hand)
             logging.info("Taking in %s (%s), checked.", by_hand, known.what)
             _install(known, by_hand, ready)
             by_hand.unlink(missing_ok=True)  # taken in: the ready file replaces it
@@ -333,7 +334,7 @@ def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
             with _cache_errors(cache, "read"), by_hand.open("rb") as src, \
                     open(source, "wb") as dst:
                 shutil.copyfileobj(src, dst, _CHUNK)
-            _check_file(known, source, by_hand=True, shown=str(by_hand))
+            _check_file(known, source, shown=str(by_hand))
         else:
             with open(source, "wb") as f:
                 _download(known, f, cache)
@@ -403,20 +404,22 @@ def _download(known: Known, f, cache: str | os.PathLike) -> None:
                      known.file, known.what, f", {total / 1e6:.1f} MB" if total else "",
                      known.url, cache)
         progress = _Progress(known.file, total)
-        while True:
-            try:
-                chunk = response.read(_CHUNK)
-            except (OSError, http.client.HTTPException) as e:
-                raise _unreachable(known, cache, f"the connection broke after {received} "
-                                   f"bytes: {str(e) or type(e).__name__}") from None
-            if not chunk:
-                break
-            digest.update(chunk)
-            with _cache_errors(cache):
-                f.write(chunk)
-            received += len(chunk)
-            progress.update(received)
-        progress.done(received)
+        try:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _unreachable(known, cache, f"the connection broke after {received} "
+                                       f"bytes: {str(e) or type(e).__name__}") from None
+                if not chunk:
+                    break
+                digest.update(chunk)
+                with _cache_errors(cache):
+                    f.write(chunk)
+                received += len(chunk)
+                progress.update(received)
+        finally:  # also on an error: its line must start on a line of its own
+            progress.done(received)
     if length and length.isdigit() and received != int(length):
         raise _unreachable(known, cache, f"the server sent {received} of its {length} bytes")
     _check(known, received, digest.hexdigest(), f"the download of {known.url}",
@@ -424,13 +427,14 @@ def _download(known: Known, f, cache: str | os.PathLike) -> None:
            "from its publisher by hand")
 
 
-def _check_file(known: Known, path: pathlib.Path, *, by_hand: bool, shown: str = "") -> None:
+def _check_file(known: Known, path: pathlib.Path, shown: str = "") -> None:
+    """A file put in the cache by hand (``shown``: where the user put it) is the publisher's."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             digest.update(chunk)
     _check(known, path.stat().st_size, digest.hexdigest(), shown or str(path),
-           f"replace it with {known.url}" if by_hand else "it was deleted")
+           f"replace it with {known.url}")
 
 
 def _check(known: Known, size: int, sha256: str, what: str, fix: str) -> None:
@@ -473,22 +477,25 @@ def _readable(path: pathlib.Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+# Each conversion lives beside the network it fills (what `convert --vgg19 / --inception` runs),
+# and is imported by name when a file is converted: models.build imports this module to resolve
+# config.loss.vgg_weights, so a module-level import of the networks here would be a cycle.
+_CONVERTERS = {
+    "vgg19": ("isnet_jax.models.vgg", "convert_torchvision"),
+    "inception": ("isnet_jax.evaluators.fid", "convert_pytorch_fid"),
+}
+
+
 def _convert(known: Known, source: pathlib.Path, target: pathlib.Path) -> None:
     """What ``python -m isnet_jax.convert --vgg19 / --inception`` writes, into ``target``."""
+    if known.converts_to not in _CONVERTERS:
+        raise errors.ConfigError(
+            f"{known.name}: converts_to must be one of {', '.join(_CONVERTERS)} or empty, got "
+            f"{known.converts_to!r}")
     logging.info("Converting %s (%s) to isnet_jax's %s.", known.file, known.what,
                  known.ready_file)
-    if known.converts_to == "vgg19":
-        from isnet_jax.models import vgg
-
-        vgg.save_vgg19(vgg.load_torchvision_vgg19(source), target)
-    elif known.converts_to == "inception":
-        from isnet_jax.evaluators import fid
-
-        fid.InceptionV3.from_weights(source).save(target)
-    else:
-        raise errors.ConfigError(
-            f"{known.name}: converts_to must be one of {', '.join(_CONVERTED)} or empty, got "
-            f"{known.converts_to!r}")
+    module, function = _CONVERTERS[known.converts_to]
+    getattr(importlib.import_module(module), function)(source, target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -278,6 +278,11 @@ class InceptionV3(nnx.Module):
         return torch_weights.save_npz(self, path, _NPZ_FORMAT)
 
 
+def convert_pytorch_fid(source: str | os.PathLike, target: str | os.PathLike) -> pathlib.Path:
+    """pytorch-fid's ``.pth`` as our ``.npz`` at ``target`` (``convert --inception``'s)."""
+    return InceptionV3.from_weights(source).save(target)
+
+
 def feature_fn(model: InceptionV3) -> Callable[[jax.Array], jax.Array]:
     """A jitted ``images -> (N, 2048)`` of ``model``, its weights passed as an argument (not
     baked into the compiled program as constants)."""

@@ -165,6 +165,13 @@ def save_vgg19(vgg: VGG19, path: str | os.PathLike) -> pathlib.Path:
     return torch_weights.save_npz(vgg, path, _VGG_FORMAT, _npz_variables(vgg))
 
 
+def convert_torchvision(
+    source: str | os.PathLike, target: str | os.PathLike
+) -> pathlib.Path:
+    """torchvision's VGG19 ``.pth`` as our ``.npz`` at ``target`` (``convert --vgg19``'s)."""
+    return save_vgg19(load_torchvision_vgg19(source), target)
+
+
 def load_vgg19(
     path: str | os.PathLike, normalization: str = "none", dtype: jnp.dtype = jnp.float32
 ) -> VGG19:
