@@ -271,7 +271,8 @@ def _log_setup(config, mesh, trainer: Trainer) -> None:
     if trainer.nets.vgg_def is None:
         logging.info("Perceptual and style losses are off (both weights are 0): VGG19 not used.")
     else:
-        logging.info("VGG19 for perceptual/style losses: %s", config.loss.vgg_weights)
+        logging.info("VGG19 for perceptual/style losses: %s", config.loss.vgg_weights
+                     or "torchvision's, from the weights cache (isnet_jax.weights)")
 
 
 def _restore_or_start(config, trainer: Trainer, mngr, train_iter) -> dict[str, Any]:

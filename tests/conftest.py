@@ -112,6 +112,11 @@ def pytest_configure(config):
     # TensorFlow (which cannot reach the emulated bucket of the gcs fixture) or gcsfs: decide
     # before any test touches a path. Local paths are the same either way.
     os.environ.setdefault("EPATH_USE_TF", "false")
+    # Weight files are never downloaded from their publishers, nor read from the user's cache:
+    # tests that fetch serve stand-ins (tests/helpers/weights_server.py).
+    from helpers import weights_server
+
+    weights_server.keep_offline()
     # Tests build the same tiny networks in several places (and subprocesses): a persistent
     # compilation cache turns every repeat compile into a load.
     import jax

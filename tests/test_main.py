@@ -132,13 +132,30 @@ def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_missing_vgg_weights_stop_with_instructions(tmp_path):
-    out = _run(
-        f"--workdir={tmp_path}", *_TINY, "--config.loss.perceptual_weight=0.1",
-        "--config.loss.style_weight=250",
-    )
+    """VGG on, no vgg_weights, an empty cache and the publisher unreachable: one line naming
+    the file, its URL and where to put it by hand."""
+    from helpers.weights_server import serve, write_table
+
+    from isnet_jax import weights
+
+    stand_in = tmp_path / "vgg19-stand-in.pth"
+    stand_in.write_bytes(b"never served")
+    with serve({"vgg19": stand_in}) as server:
+        table = write_table(tmp_path / "table.json", server, {"vgg19": stand_in})
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "isnet_jax.main", f"--workdir={workdir}", *_TINY,
+         "--config.loss.perceptual_weight=0.1", "--config.loss.style_weight=250"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, **{weights.CACHE_VARIABLE: str(cache),
+                                weights.TABLE_VARIABLE: str(table)}))
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "python -m isnet_jax.convert --vgg19" in out.stderr
-    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: cannot download vgg19-dcbb9e9d.pth from {server.url('vgg19-dcbb9e9d.pth')} (")
+    assert f"put it at {cache / 'vgg19-dcbb9e9d.pth'}" in errors[0]
+    assert not workdir.exists() and not any(p.is_file() for p in cache.rglob("*"))
 
 
 @pytest.mark.parametrize("args, says", [
