@@ -33,7 +33,6 @@ import contextlib
 import dataclasses
 import hashlib
 import http.client
-import importlib
 import json
 import os
 import pathlib
@@ -44,7 +43,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from absl import logging
 
@@ -95,6 +94,8 @@ class Known:
         return _CONVERTED.get(self.converts_to, self.file)
 
 
+# What a converts_to entry's file becomes: convert(source, target) writes it.
+Converter = Callable[[pathlib.Path, pathlib.Path], None]
 _CONVERTED = {"vgg19": "vgg19.npz", "inception": "inception_fid.npz"}  # convert's names
 _TORCHVISION = "BSD-3-Clause (torchvision); trained on ImageNet, whose terms of access apply"
 _RELEASE_PAGE = "https://github.com/GuardSkill/Large-Scale-Feature-Inpainting"
@@ -218,13 +219,13 @@ def by_hand_path(name: str) -> str:
     return _join(cache_dir(), entry(name).file)
 
 
-def resolve(value: str, name: str) -> str:
+def resolve(value: str, name: str, convert: Converter | None = None) -> str:
     """What a config field naming a weight file means: "" (the default) fetches ``name``, a
     known name fetches that file (``fetch``), anything else is a path, returned as it is."""
     if not value:
-        return fetch(name)
+        return fetch(name, convert)
     if value in table():
-        return fetch(value)
+        return fetch(value, convert)
     return value
 
 
@@ -232,9 +233,14 @@ def resolve(value: str, name: str) -> str:
 # Fetching
 
 
-def fetch(name: str) -> str:
+def fetch(name: str, convert: Converter | None = None) -> str:
     """The path (local or ``gs://``) of known file ``name``, checked and converted, in the
     cache: downloaded and converted on the first call, found on later ones.
+
+    ``convert(source, target)`` writes the file a ``converts_to`` entry becomes (what ``python
+    -m isnet_jax.convert`` writes): the network's own module has it (``models.vgg.
+    convert_torchvision``, ``evaluators.fid.convert_pytorch_fid``), and its caller passes it,
+    since this module sits below the networks (``models.build`` resolves VGG19 through it).
 
     Raises ``DownloadError`` (no network, host unreachable, an HTTP error, a cut download: the
     message names the file, its URL and where to put it by hand), ``HashMismatchError`` (the
@@ -245,20 +251,22 @@ def fetch(name: str) -> str:
     known = entry(name)
     if not known.url:
         raise NoDownloadError(f"{known.what} ({known.file}) are on {known.page}: {known.how}")
+    if known.converts_to and convert is None:
+        raise TypeError(f"fetch({name!r}) needs the converter to {known.converts_to}")
     jax = sys.modules.get("jax")  # only a run that uses JAX can be one of several processes
     if jax is not None and jax.process_count() > 1:
-        return _fetch_as_one_of_several(known, jax.process_index())
-    return _fetch(known)
+        return _fetch_as_one_of_several(known, jax.process_index(), convert)
+    return _fetch(known, convert)
 
 
-def _fetch_as_one_of_several(known: Known, index: int) -> str:
+def _fetch_as_one_of_several(known: Known, index: int, convert: Converter | None) -> str:
     from isnet_jax import sharding
 
     client = sharding.coordination_client()
     key = f"isnet_jax/weights/{known.folder}"
     if index == 0:
         try:
-            path = _fetch(known)
+            path = _fetch(known, convert)
         except Exception as e:  # the others must not wait for a file that will not come
             client.key_value_set(key, f"error:{e}", allow_overwrite=True)
             raise
@@ -274,18 +282,18 @@ def _fetch_as_one_of_several(known: Known, index: int) -> str:
         raise DownloadError(f"process 0 could not fetch {known.file}: {status[6:]}")
     # A cache shared with process 0 (gs://, a network disk) has it now; a host's own disk
     # does not, and that host downloads it too.
-    return _fetch(known)
+    return _fetch(known, convert)
 
 
-def _fetch(known: Known) -> str:
+def _fetch(known: Known, convert: Converter | None) -> str:
     cache = cache_dir()
     ready = _join(cache, known.folder, known.ready_file)
     with _cache_errors(cache, "read"):
         if _exists(ready):
             return ready
     if _remote(cache):
-        return _fetch_into_remote(known, cache, ready)
-    return _fetch_into_local(known, pathlib.Path(cache), pathlib.Path(ready))
+        return _fetch_into_remote(known, cache, ready, convert)
+    return _fetch_into_local(known, pathlib.Path(cache), pathlib.Path(ready), convert)
 
 
 def _exists(path: str) -> bool:
@@ -296,7 +304,8 @@ def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
-def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path) -> str:
+def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path,
+                      convert: Converter | None) -> str:
     with _cache_errors(cache):
         ready.parent.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(ready.parent)
@@ -304,7 +313,7 @@ def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path) ->
         if by_hand.is_file():
             _check_file(known, by_hand)
             logging.info("Taking in %s (%s), checked.", by_hand, known.what)
-            _install(known, by_hand, ready)
+            _install(known, by_hand, ready, convert)
             by_hand.unlink(missing_ok=True)  # taken in: the ready file replaces it
             return str(ready)
         fd, partial = tempfile.mkstemp(prefix=f".{known.file}.", suffix=".partial",
@@ -313,13 +322,13 @@ def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path) ->
         try:
             with os.fdopen(fd, "wb") as f:
                 _download(known, f, cache)
-            _install(known, partial, ready)
+            _install(known, partial, ready, convert)
         finally:
             partial.unlink(missing_ok=True)
     return str(ready)
 
 
-def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
+def _fetch_into_remote(known: Known, cache: str, ready: str, convert: Converter | None) -> str:
     """A ``gs://`` cache: downloaded and converted in a local temporary folder, then written
     to the bucket under a temporary name and renamed."""
     from etils import epath
@@ -340,7 +349,7 @@ def _fetch_into_remote(known: Known, cache: str, ready: str) -> str:
                 _download(known, f, cache)
         converted = local / known.ready_file if known.converts_to else source
         if known.converts_to:
-            _convert(known, source, converted)
+            _convert(known, convert, source, converted)
         target = epath.Path(ready)
         partial = target.parent / f".{known.ready_file}.{uuid.uuid4().hex[:12]}.partial"
         with _cache_errors(cache):
@@ -448,7 +457,8 @@ def _check(known: Known, size: int, sha256: str, what: str, fix: str) -> None:
             f"{known.sha256}{'...' if len(known.sha256) < 64 else ''}: refused; {fix}")
 
 
-def _install(known: Known, source: pathlib.Path, ready: pathlib.Path) -> None:
+def _install(known: Known, source: pathlib.Path, ready: pathlib.Path,
+             convert: Converter | None) -> None:
     """The checked ``source`` becomes ``ready`` (same disk): converted into a temporary file
     beside it and renamed, or itself renamed; each rename is one atomic step."""
     if not known.converts_to:
@@ -459,7 +469,7 @@ def _install(known: Known, source: pathlib.Path, ready: pathlib.Path) -> None:
                                    dir=ready.parent)
     os.close(fd)
     try:
-        _convert(known, source, pathlib.Path(partial))
+        _convert(known, convert, pathlib.Path(source), pathlib.Path(partial))
         _readable(pathlib.Path(partial))
         os.replace(partial, ready)
     finally:
@@ -477,25 +487,12 @@ def _readable(path: pathlib.Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-# Each conversion lives beside the network it fills (what `convert --vgg19 / --inception` runs),
-# and is imported by name when a file is converted: models.build imports this module to resolve
-# config.loss.vgg_weights, so a module-level import of the networks here would be a cycle.
-_CONVERTERS = {
-    "vgg19": ("isnet_jax.models.vgg", "convert_torchvision"),
-    "inception": ("isnet_jax.evaluators.fid", "convert_pytorch_fid"),
-}
-
-
-def _convert(known: Known, source: pathlib.Path, target: pathlib.Path) -> None:
+def _convert(known: Known, convert: Converter, source: pathlib.Path,
+             target: pathlib.Path) -> None:
     """What ``python -m isnet_jax.convert --vgg19 / --inception`` writes, into ``target``."""
-    if known.converts_to not in _CONVERTERS:
-        raise errors.ConfigError(
-            f"{known.name}: converts_to must be one of {', '.join(_CONVERTERS)} or empty, got "
-            f"{known.converts_to!r}")
     logging.info("Converting %s (%s) to isnet_jax's %s.", known.file, known.what,
                  known.ready_file)
-    module, function = _CONVERTERS[known.converts_to]
-    getattr(importlib.import_module(module), function)(source, target)
+    convert(source, target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def pytest_configure(config):
     # before any test touches a path. Local paths are the same either way.
     os.environ.setdefault("EPATH_USE_TF", "false")
     # Weight files are never downloaded from their publishers, nor read from the user's cache:
-    # tests that fetch serve stand-ins (tests/helpers/weights_server.py).
-    from helpers import weights_server
+    # tests that fetch serve stand-ins (isnet_jax/rehearse/weights_server.py).
+    from isnet_jax.rehearse import weights_server
 
     weights_server.keep_offline()
     # Tests build the same tiny networks in several places (and subprocesses): a persistent

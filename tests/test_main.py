@@ -134,9 +134,8 @@ def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
 def test_missing_vgg_weights_stop_with_instructions(tmp_path):
     """VGG on, no vgg_weights, an empty cache and the publisher unreachable: one line naming
     the file, its URL and where to put it by hand."""
-    from helpers.weights_server import serve, write_table
-
     from isnet_jax import weights
+    from isnet_jax.rehearse.weights_server import serve, write_table
 
     stand_in = tmp_path / "vgg19-stand-in.pth"
     stand_in.write_bytes(b"never served")

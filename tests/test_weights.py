@@ -15,10 +15,11 @@ import textwrap
 import numpy as np
 import pytest
 from conftest import REPO
-from helpers import weights_server
-from helpers.weights_server import serve, write_table
 
 from isnet_jax import weights
+from isnet_jax.models.vgg import convert_torchvision
+from isnet_jax.rehearse import weights_server
+from isnet_jax.rehearse.weights_server import serve, write_table
 
 LPIPS_ALEX = REPO / "tests" / "data" / "fid_lpips" / "lpips-alex-random-legacy.pth"
 
@@ -60,7 +61,9 @@ def _env(**variables) -> dict[str, str]:
 _FETCH = textwrap.dedent("""
     import sys
     from isnet_jax import cli, weights
-    sys.exit(cli.run_cli(lambda: print(weights.fetch(sys.argv[1])) or 0, "interrupted"))
+    from isnet_jax.models.vgg import convert_torchvision
+    convert = convert_torchvision if sys.argv[1] == "vgg19" else None
+    sys.exit(cli.run_cli(lambda: print(weights.fetch(sys.argv[1], convert)) or 0, "interrupted"))
 """)
 
 # Runs the command after lowering this process's powers, then exec: the limits hold for the
@@ -98,7 +101,7 @@ def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_
     from isnet_jax.torch_io import pth
 
     cache = tmp_path / "cache"
-    path = weights.fetch("vgg19")
+    path = weights.fetch("vgg19", convert_torchvision)
     folder = f"vgg19-{weights_server.sha256(vgg19_file)[:8]}"  # the name and the file's hash
     assert path == str(cache / folder / "vgg19.npz") == weights.path_of("vgg19")
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
@@ -126,8 +129,10 @@ def test_first_fetch_checks_converts_and_caches_then_hits_the_cache(server, tmp_
 
     # Cache hits: no request, even with the server gone.
     server.stop()
-    assert weights.fetch("vgg19") == path and weights.fetch("lpips_alex") == lin
-    assert weights.resolve("", "vgg19") == path and weights.resolve("vgg19", "vgg19") == path
+    assert weights.fetch("vgg19", convert_torchvision) == path
+    assert weights.fetch("lpips_alex") == lin
+    for value in ("", "vgg19"):
+        assert weights.resolve(value, "vgg19", convert_torchvision) == path
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1, "lpips-v0.1-alex.pth": 1}
     # Anything else is a path, returned as it is.
     assert weights.resolve("some/dir/vgg19.npz", "vgg19") == "some/dir/vgg19.npz"
@@ -157,14 +162,14 @@ def test_progress_on_a_terminal_is_one_line_redrawn_a_few_times_a_second():
 def test_a_download_cut_midway_leaves_nothing_and_the_next_one_completes(server, tmp_path):
     server.modes["vgg19-dcbb9e9d.pth"] = "cut"
     with pytest.raises(weights.DownloadError) as caught:
-        weights.fetch("vgg19")
+        weights.fetch("vgg19", convert_torchvision)
     message = str(caught.value)
     assert message.startswith(f"cannot download vgg19-dcbb9e9d.pth from "
                               f"{server.url('vgg19-dcbb9e9d.pth')} (the server sent ")
     assert f"put it at {tmp_path / 'cache' / 'vgg19-dcbb9e9d.pth'}" in message
     assert _files(tmp_path / "cache") == []
     server.modes.clear()
-    assert pathlib.Path(weights.fetch("vgg19")).is_file()
+    assert pathlib.Path(weights.fetch("vgg19", convert_torchvision)).is_file()
     assert server.requests["vgg19-dcbb9e9d.pth"] == 2
 
 
@@ -231,7 +236,7 @@ def test_a_wrong_hash_is_refused_named_and_deleted(server, tmp_path, stand_ins, 
     server.start()
     monkeypatch.setenv(weights.TABLE_VARIABLE, str(table))
     with pytest.raises(weights.HashMismatchError, match=r"is \d+ bytes, not the publisher's 1234"):
-        weights.fetch("vgg19")
+        weights.fetch("vgg19", convert_torchvision)
     assert not pathlib.Path(weights.path_of("vgg19")).exists()
     assert _files(tmp_path / "cache") == ["lpips_alex-" + weights_server.sha256(LPIPS_ALEX)[:8]
                                           + "/lpips-v0.1-alex.pth"]
@@ -294,13 +299,13 @@ def test_a_gs_cache_is_written_once_and_read(server, gcs, gs_dir, monkeypatch, v
     from isnet_jax.torch_io import pth
 
     monkeypatch.setenv(weights.CACHE_VARIABLE, gs_dir)
-    path = weights.fetch("vgg19")
+    path = weights.fetch("vgg19", convert_torchvision)
     folder = f"vgg19-{weights_server.sha256(vgg19_file)[:8]}"
     assert path == f"{gs_dir}/{folder}/vgg19.npz"
     # Only the converted file: no download, no partial object.
     assert [p.name for p in epath.Path(gs_dir).iterdir()] == [folder]
     assert [p.name for p in (epath.Path(gs_dir) / folder).iterdir()] == ["vgg19.npz"]
-    assert weights.fetch("vgg19") == path
+    assert weights.fetch("vgg19", convert_torchvision) == path
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
     # What training loads from it: the published kernels.
     config = tiny_config(**{"loss.perceptual_weight": 0.1})

@@ -56,7 +56,8 @@ def _config_error(field: str, error: errors.UserError) -> errors.UserError:
 def load_inception(path: str) -> fid.InceptionV3:
     """From ``config.eval.fid_weights``: a path, or a known name ("inception") fetched."""
     try:
-        with weights.local_copy(weights.resolve(path, "inception")) as local:
+        path = weights.resolve(path, "inception", fid.convert_pytorch_fid)
+        with weights.local_copy(path) as local:
             return fid.InceptionV3.from_weights(os.path.expanduser(local))
     except errors.UserError as e:
         raise _config_error("fid_weights", e) from None

@@ -10,7 +10,7 @@ from isnet_jax import errors, weights
 from isnet_jax.models import registry
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.layers import init_weights
-from isnet_jax.models.vgg import VGG19, load_vgg19
+from isnet_jax.models.vgg import VGG19, convert_torchvision, load_vgg19
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -55,7 +55,7 @@ def load_vgg(config: ml_collections.ConfigDict) -> VGG19:
     "" / "vgg19" for torchvision's ImageNet VGG19, fetched into the weights cache on first use
     (``isnet_jax.weights``; in a run of several processes, process 0 downloads). Missing or
     wrong weights stop the run rather than silently giving random VGG features."""
-    path = weights.resolve(config.loss.vgg_weights, "vgg19")
+    path = weights.resolve(config.loss.vgg_weights, "vgg19", convert_torchvision)
     with weights.local_copy(path) as local:
         return load_vgg19(local, normalization=config.loss.vgg_normalization,
                           dtype=compute_dtype(config))

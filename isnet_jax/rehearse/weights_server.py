@@ -1,6 +1,7 @@
 """A local stand-in for the publishers of ``isnet_jax.weights``: an HTTP server on 127.0.0.1
 serving small real-format files, and the table (``$ISNET_JAX_WEIGHTS_TABLE``) that points the
-known names at it.
+known names at it. The rehearsal of a paper config serves its VGG19 so (``write_vgg19``), and
+the tests their stand-ins.
 
     with WeightsServer({"lpips-v0.1-alex.pth": path}) as server:
         table = write_table(tmp_path / "table.json", server, {"lpips_alex": path})
@@ -15,15 +16,23 @@ the publisher going down and coming back on the same port.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import dataclasses
 import hashlib
 import http.server
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 import threading
 
 import numpy as np
+
+from isnet_jax import weights
+from isnet_jax.models import vgg
+from isnet_jax.torch_io.pth import save_pth
 
 MODES = ("whole", "cut", "hold", "corrupt")
 
@@ -119,7 +128,6 @@ def write_table(path: pathlib.Path, server: WeightsServer,
     ``changes`` (``{name: {field: value}}``) alter entries, e.g. a wrong hash. The release's
     entries (no download) are kept as they are.
     """
-    from isnet_jax import weights
 
     rows = []
     for known in weights.KNOWN.values():
@@ -138,7 +146,6 @@ def write_table(path: pathlib.Path, server: WeightsServer,
 def serve(files: dict[str, pathlib.Path]) -> WeightsServer:
     """A server for stand-ins keyed by known name (``{"vgg19": path}``), each at its
     publisher's file name."""
-    from isnet_jax import weights
 
     return WeightsServer({weights.KNOWN[name].file: path for name, path in files.items()})
 
@@ -147,8 +154,6 @@ def write_vgg19(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
     """A random VGG19 in torchvision's layout (``features`` alone: ``0.weight`` ... ``34.bias``,
     the real file's shapes, about 80 MB), written as torch.save does
     (``isnet_jax.torch_io.pth``)."""
-    from isnet_jax.models import vgg
-    from isnet_jax.torch_io.pth import save_pth
 
     rng = np.random.default_rng(seed)
     sd, cin = collections.OrderedDict(), 3
@@ -166,12 +171,7 @@ def keep_offline() -> None:
     """Points this process (and its subprocesses) at an empty weights cache of its own and at
     a table whose every download is refused (127.0.0.1, port 9): no test reaches a publisher
     or reads the user's cache, and one that fetches without a stand-in fails at once."""
-    import atexit
-    import os
-    import shutil
-    import tempfile
 
-    from isnet_jax import weights
 
     folder = pathlib.Path(tempfile.mkdtemp(prefix="isnet_jax_test_weights-"))
     atexit.register(shutil.rmtree, folder, True)
