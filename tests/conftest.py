@@ -100,6 +100,15 @@ def tiny_tfds(tmp_path_factory) -> str:
     return tiny_dataset.prepare(tmp_path_factory.mktemp("tfds"))
 
 
+@pytest.fixture(scope="session")
+def vgg19_file(tmp_path_factory) -> pathlib.Path:
+    """A random VGG19 with torchvision's shapes (about 80 MB), made once per session: the
+    stand-in for torchvision's file (``isnet_jax.rehearse.weights_server``)."""
+    from isnet_jax.rehearse import weights_server
+
+    return weights_server.write_vgg19(tmp_path_factory.mktemp("vgg19") / "vgg19-random.pth")
+
+
 @pytest.fixture
 def gs_dir(gcs, request) -> str:
     """A fresh ``gs://`` folder of the session's emulated bucket, one per test."""

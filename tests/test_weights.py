@@ -24,12 +24,6 @@ from isnet_jax.rehearse.weights_server import serve, write_table
 LPIPS_ALEX = REPO / "tests" / "data" / "fid_lpips" / "lpips-alex-random-legacy.pth"
 
 
-@pytest.fixture(scope="session")
-def vgg19_file(tmp_path_factory) -> pathlib.Path:
-    """A random VGG19 with torchvision's shapes (about 80 MB), made once per session."""
-    return weights_server.write_vgg19(tmp_path_factory.mktemp("vgg19") / "vgg19-random.pth")
-
-
 @pytest.fixture
 def stand_ins(vgg19_file):
     return {"vgg19": vgg19_file, "lpips_alex": LPIPS_ALEX}
