@@ -34,13 +34,14 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import portpicker
 
 SCENARIOS = ("exact", "preemption", "lost_host", "bucket_fault", "host_count")
 
@@ -62,12 +63,6 @@ _COMMON = {
     "data.skimage_num_images": 64, "eval.num_images_final": 8, "eval.batch_size": 8,
 }
 _REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -112,7 +107,7 @@ class Hosts:
                  count: int, devices: int):
         self.tag, self.count, self.workdir = tag, count, workdir
         self.logs = [rehearsal.logdir / f"{tag}.host{i}.log" for i in range(count)]
-        port = free_port()
+        port = portpicker.pick_unused_port()
         env = {**os.environ, **rehearsal.env,
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
         self.started = time.monotonic()
