@@ -318,11 +318,7 @@ def single_process_check(workdir: str, overrides: str, hosts: str, step: str) ->
     from isnet_jax.inpainter import Inpainter
 
     config = demo.get_config()
-    for key, value in json.loads(overrides).items():
-        node = config
-        for part in key.split(".")[:-1]:
-            node = node[part]
-        node[key.rpartition(".")[2]] = value
+    config.update_from_flattened_dict(json.loads(overrides))
     hosts, step = int(hosts), int(step)
     trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
     iters = [input_pipeline.create_train_iterator(config, process_index=p, process_count=hosts)
@@ -347,6 +343,16 @@ def single_process_check(workdir: str, overrides: str, hosts: str, step: str) ->
     print(json.dumps(result))
 
 
+def relative_distance(x: Any, y: Any) -> float:
+    """The worst array's ``||x - y|| / ||x||`` over two pytrees of the same structure."""
+    import jax
+    import numpy as np
+
+    return max(float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
+                     / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
+               for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+
+
 def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms
     (as ``tests/conftest.step_distance``): the worst array's relative distance of Adam's first
@@ -356,12 +362,8 @@ def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     import jax
     import numpy as np
 
-    def worst(x, y):
-        return max(float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
-                         / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
-                   for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
-
-    result = {f"{n}_grad": worst(a[f"{n}_opt"].inner_state[0].mu, b[f"{n}_opt"].inner_state[0].mu)
+    result = {f"{n}_grad": relative_distance(a[f"{n}_opt"].inner_state[0].mu,
+                                             b[f"{n}_opt"].inner_state[0].mu)
               for n in ("g", "d")}
     far = total = 0
     for key in ("g_params", "d_params"):
