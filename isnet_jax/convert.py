@@ -282,7 +282,7 @@ def export_official(
     return written
 
 
-def export_checkpoint(
+def export_official_checkpoint(
     source: str, output: str | os.PathLike, *, overwrite: bool = False
 ) -> list[str]:
     """``--export WORKDIR[@STEP]``: a training run's (or converted folder's) G and D -> .pth."""
@@ -427,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.export is not None:
-            lines = export_checkpoint(args.export, args.output, overwrite=args.overwrite)
+            lines = export_official_checkpoint(args.export, args.output, overwrite=args.overwrite)
         else:
             lines = convert(args.output, generator=args.generator,
                             discriminator=args.discriminator, vgg19=args.vgg19,
