@@ -243,8 +243,8 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
             "--workers", "1"]
     assert masks.main(args) == cli.EXIT_USER_ERROR
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read the mask {broken} ("), lines
-    assert lines[0].endswith("; replace it or move it out of the mask set")
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read mask {broken}: "), lines
+    assert lines[0].endswith("; replace the file, or open and save it again in an image editor")
     with pytest.raises(SystemExit) as caught:
         masks.main([*args, "--polarity", "hole-white"])
     assert caught.value.code == cli.EXIT_USER_ERROR
