@@ -28,7 +28,6 @@ import pathlib
 import re
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import checkpoint, cli, errors
+from isnet_jax import atomic, checkpoint, cli, errors
 from isnet_jax.evaluators import fid
 from isnet_jax.models import Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
@@ -277,19 +276,13 @@ def export_official(
         items.append((DIS_FILE, {"discriminator": official_state_dict(discriminator)}))
     written = []
     for name, obj in items:
-        fd, partial = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-        os.close(fd)
-        try:
+        with atomic.written(out_dir / name) as partial:
             save_pth(obj, partial)
-            os.replace(partial, out_dir / name)
-        except BaseException:
-            os.unlink(partial)
-            raise
         written.append(out_dir / name)
     return written
 
 
-def export_checkpoint(
+def export_official_checkpoint(
     path: str | os.PathLike, output: str | os.PathLike, *, step: int | None = None,
     overwrite: bool = False,
 ) -> list[str]:
@@ -444,8 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         if args.checkpoint is not None:
-            lines = export_checkpoint(args.checkpoint, args.output, step=args.step,
-                                      overwrite=args.overwrite)
+            lines = export_official_checkpoint(args.checkpoint, args.output, step=args.step,
+                                               overwrite=args.overwrite)
         else:
             lines = convert(args.output, generator=args.generator,
                             discriminator=args.discriminator, vgg19=args.vgg19,

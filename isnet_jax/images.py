@@ -1,14 +1,16 @@
-"""Reading image files: any PIL-readable file to 8 bits, upright, in the layout it was saved in.
+"""Reading image files: any PIL-readable file to 8 bits, upright; the one image decoder.
 
-One place for what every reader of user files needs: 16-bit, 32-bit and float images reduced to
-8 bits (``to_8bit``; PIL's own ``convert`` would clip them at 255, i.e. turn them white), the
+One place for what every reader of image files needs: 16-bit, 32-bit and float images reduced
+to 8 bits (``to_8bit``; PIL's own ``convert`` would clip them at 255, i.e. turn them white), the
 EXIF orientation an editor displays (``upright``), the files of a folder that PIL can read
-(``image_files``). A file that cannot be read is an ``InputError`` naming it, whatever PIL
-raised.
+(``image_files``). ``load_rgb`` is what the training and evaluation pipeline reads (RGB, from a
+path or a dataset record's bytes), ``load_image`` what inpainting reads (the file's own layout).
+A file that cannot be read is an ``InputError`` naming it, whatever PIL raised.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import warnings
@@ -18,32 +20,39 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-
-class InputError(Exception):
-    """A problem with one image or mask; reported on one line, the run goes on."""
+from isnet_jax import errors
 
 
-def decoded(path: pathlib.Path, what: str, decode: Callable[[Image.Image], Any]) -> Any:
-    """``decode(Image.open(path))``; any failure is an ``InputError`` naming the file.
+class InputError(errors.UserError):
+    """A problem with one image or mask file, named in the message. Where many are read (a
+    training set, a folder of photos) that one is skipped or reported and the others go on."""
+
+
+def decoded(source: bytes | str | os.PathLike, what: str,
+            decode: Callable[[Image.Image], Any]) -> Any:
+    """``decode(Image.open(source))`` of a path or an encoded file's bytes; any failure is an
+    ``InputError`` naming it.
 
     Everything that touches the file's bytes runs in here: a broken file makes PIL raise
     OSError, ValueError, SyntaxError (a PNG or WebP whose EXIF block is not TIFF data),
     struct.error, TypeError, ... depending on the format and where its bytes go wrong, and
     every one of them is a problem of that one image, not a reason to stop the run.
     """
+    encoded = isinstance(source, (bytes, bytearray, np.bytes_))
+    name = f"an encoded {what} of {len(source)} bytes" if encoded else f"{what} {source}"
     try:
         with warnings.catch_warnings():
             # Between PIL's limit and twice it PIL only warns (a bare "warnings.warn(" line
             # under the message); above twice it refuses, which ``too_large`` words.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(bytes(source)) if encoded else source) as image:
                 return decode(image)
     except Image.DecompressionBombError as e:
-        raise InputError(f"cannot read {what} {path}: {too_large(e)}") from None
+        raise InputError(f"cannot read {name}: {too_large(e)}") from None
     except Exception as e:  # noqa: BLE001 - see above: PIL's errors have no common type
         reason = str(e).strip() or type(e).__name__
-        raise InputError(f"cannot read {what} {path}: {reason}; replace the file, or open and "
-                         "save it again in an image editor") from None
+        fix = "" if encoded else "; replace the file, or open and save it again in an image editor"
+        raise InputError(f"cannot read {name}: {reason}{fix}") from None
 
 
 def too_large(error: Image.DecompressionBombError) -> str:
@@ -84,9 +93,40 @@ def to_8bit(image: Image.Image) -> Image.Image:
 
 def upright(image: Image.Image) -> Image.Image:
     """Decoded, 8-bit, and turned as its EXIF orientation says (as editors display it, and as
-    masks are drawn on it)."""
+    masks are drawn on it). Turns ``image`` itself (no copy of an image already upright)."""
     image.load()
-    return to_8bit(ImageOps.exif_transpose(image))
+    ImageOps.exif_transpose(image, in_place=True)
+    return to_8bit(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode (L, LA, RGBA, P, 1, CMYK, YCbCr, 16-bit and float grey)."""
+    if image.mode == "RGB":
+        return image
+    image = to_8bit(image)  # 16-bit, 32-bit and float grey: convert would clip at 255
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_rgb(source: bytes | str | os.PathLike, min_size: int = 0) -> Image.Image:
+    """An image file, or an encoded file's bytes (a dataset record), as an upright 8-bit RGB
+    PIL image: what training and evaluation read. Raises ``InputError`` naming what it cannot
+    read.
+
+    ``min_size`` lets JPEGs decode at a reduced scale whose shorter side is still at least
+    ``min_size`` (libjpeg's DCT scaling: several times faster than decoding the full image).
+    """
+
+    def rgb(image: Image.Image) -> Image.Image:
+        if min_size and image.format == "JPEG":
+            w, h = image.size
+            s = min(w, h)
+            # draft keeps both sides >= the request: ask for the scale of the shorter side.
+            image.draft("RGB", (max(1, w * min_size // s), max(1, h * min_size // s)))
+        return to_rgb(upright(image))
+
+    return decoded(source, "image", rgb)
 
 
 def load_image(path: pathlib.Path) -> np.ndarray:

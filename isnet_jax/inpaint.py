@@ -33,8 +33,8 @@ and status 2; Ctrl-C is one line and status 130, and a result cut off by it is r
 same command finishes the rest. Without ``--step``, a damaged latest checkpoint step is skipped
 with a warning that names it (``checkpoint.restore_models``).
 
-The library this drives is ``isnet_jax.inpainter`` (``Inpainter``; re-exported here, with the
-file readers, under the names this module had: ``from isnet_jax.inpaint import Inpainter``).
+The library this drives is ``isnet_jax.inpainter`` (``Inpainter``, also ``from isnet_jax import
+Inpainter``); the file readers are ``images.load_image`` and ``masks.load_known_mask``.
 """
 
 from __future__ import annotations
@@ -56,22 +56,13 @@ from isnet_jax.inpainter import (
     BEYOND_TRAINING,
     CROP_MARGIN,
     RESIZE_MODES,
-    TRAINED_MAX_HOLE,
-    Inpainted,
     Inpainter,
-    crop_windows,
     hole_verdict,
     restore_layout,
     rgb_view,
 )
-from isnet_jax.masks import load_known_mask, mask_to_known
+from isnet_jax.masks import load_known_mask
 from isnet_jax.models import MULTIPLE
-
-# The names this module had before the library moved out (README, users' scripts).
-load_mask = load_known_mask
-__all__ = ["CROP_MARGIN", "MULTIPLE", "RESIZE_MODES", "TRAINED_MAX_HOLE", "InputError",
-           "Inpainted", "Inpainter", "crop_windows", "load_image", "load_mask", "main",
-           "mask_to_known"]
 
 
 def _resize_known(known: np.ndarray, height: int, width: int) -> np.ndarray:

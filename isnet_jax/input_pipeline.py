@@ -29,9 +29,7 @@ training).
 from __future__ import annotations
 
 import functools
-import io
 import math
-import os
 import signal
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -65,45 +63,8 @@ SKIMAGE_PHOTOS = (
 )
 
 
-# --- Decoding --------------------------------------------------------------------------------
-
-
-class BadImageError(Exception):
-    """An image that cannot be read: skipped and counted, never replaced by another image."""
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    img = images.to_8bit(img)  # 16-bit, 32-bit and float grey: convert would clip at 255
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    return img.convert("RGB")  # L, LA, RGBA, P, 1, CMYK, YCbCr
-
-
-def decode_image(data: bytes | str | os.PathLike, min_size: int = 0) -> Image.Image:
-    """Decodes an encoded image (bytes) or an image file into an RGB PIL image.
-
-    ``min_size`` lets JPEGs decode at a reduced scale whose shorter side is still at least
-    ``min_size`` (libjpeg's DCT scaling: several times faster than decoding the full image).
-    Raises ``BadImageError`` for unreadable, truncated or empty input.
-    """
-    try:
-        if isinstance(data, (bytes, bytearray, np.bytes_)):
-            img = Image.open(io.BytesIO(bytes(data)))
-        else:
-            img = Image.open(data)
-        if min_size and img.format == "JPEG":
-            w, h = img.size
-            s = min(w, h)
-            # draft keeps both sides >= the request: ask for the scale of the shorter side.
-            img.draft("RGB", (max(1, w * min_size // s), max(1, h * min_size // s)))
-        img.load()
-        return _to_rgb(img)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        # PIL signals unreadable, truncated and zero-byte files with OSError subclasses
-        # (UnidentifiedImageError among them), some corrupt headers with ValueError/SyntaxError.
-        raise BadImageError(str(e)) from e
+# --- Decoding (``images.load_rgb``: an unreadable image is an ``images.InputError``, skipped
+# and counted, never replaced by another image) and cropping ----------------------------------
 
 
 def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
@@ -181,7 +142,8 @@ class TfdsImages:
         try:
             return self._source[index]["image"]
         except RuntimeError as e:  # riegeli / ArrayRecord: a damaged chunk or shard
-            raise BadImageError(f"damaged record {index} of {self._shard(index)}: {e}") from e
+            raise images.InputError(
+                f"damaged record {index} of {self._shard(index)}: {e}") from e
 
     def _shard(self, index: int) -> str:
         records = getattr(self._source, "data_source", None)
@@ -217,7 +179,7 @@ def _skimage_photo(name: str) -> Image.Image | None:
         logging.info("skimage photo %s unavailable offline (%s): left out", name, e)
         return None
     photo = photo[0] if isinstance(photo, tuple) else photo  # stereo pair: left view
-    return _to_rgb(Image.fromarray(np.asarray(photo)))
+    return images.to_rgb(Image.fromarray(np.asarray(photo)))
 
 
 def _skimage_photos() -> tuple[Image.Image, ...]:
@@ -319,13 +281,7 @@ def make_source(config: ml_collections.ConfigDict, split: str) -> Sequence[Any]:
 def _read(source: Sequence[Any], record: Any, size: int) -> Image.Image:
     if isinstance(source, SkimagePhotos):
         return _skimage_photo(record)
-    return decode_image(record, min_size=size)
-
-
-def _describe(record: Any) -> str:
-    if record is None:  # not even read: the error names it
-        return "a damaged record"
-    return record if isinstance(record, str) else f"an encoded record of {len(record)} bytes"
+    return images.load_rgb(record, min_size=size)
 
 
 def _seed(*parts: int) -> int:
@@ -343,12 +299,11 @@ class TrainExample(grain.transforms.RandomMap):
         self.random_crop_min = random_crop_min
 
     def random_map(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        record = None
         try:
-            record = self.source[index]  # a damaged TFDS record raises here
-            img = _read(self.source, record, self.size)
-        except BadImageError as e:
-            logging.warning("skipping unreadable image %s: %s", _describe(record), e)
+            # A damaged TFDS record raises as it is read, a broken file as it is decoded.
+            img = _read(self.source, self.source[index], self.size)
+        except images.InputError as e:
+            logging.warning("skipping an unreadable image: %s", e)
             return {"bad": True, "index": index}
         if isinstance(self.source, SkimagePhotos):
             image = random_crop_resize(img, self.size, rng, self.random_crop_min)
@@ -384,7 +339,7 @@ class _SkipBadIterator(grain.DatasetIterator):
             skipped += 1
             if self._limit is not None and skipped >= self._limit:
                 # On an endless stream of all-bad files this loop would never return.
-                raise BadImageError(
+                raise errors.MissingFileError(
                     f"{skipped} unreadable images in a row: every image of the source is "
                     "unreadable (see the warnings above for the files)"
                 )
@@ -431,18 +386,16 @@ def _check_readable(source: Sequence[Any], records: Sequence[int], size: int) ->
     if isinstance(source, SkimagePhotos):
         return
     probes = sorted({records[i] for i in np.linspace(0, len(records) - 1, 32).astype(int)})
-    errors = []
+    failures = []
     for index in probes:
-        record = None
         try:
-            record = source[index]
-            decode_image(record, min_size=size)
+            images.load_rgb(source[index], min_size=size)
             return
-        except BadImageError as e:
-            errors.append(f"{_describe(record)}: {e}")
-    raise BadImageError(
+        except images.InputError as e:
+            failures.append(str(e))
+    raise errors.MissingFileError(
         f"none of {len(probes)} images probed in {source.description} can be read, e.g. "
-        f"{errors[0]}: check the path and the file format"
+        f"{failures[0]}: check the path and the file format"
     )
 
 
@@ -575,12 +528,10 @@ class EvalExample(grain.transforms.Map):
         }
         if position < 0:
             return padding
-        record = None
         try:
-            record = self.source[position]  # a damaged TFDS record raises here
-            img = _read(self.source, record, size)
-        except BadImageError as e:
-            logging.warning("skipping unreadable image %s: %s", _describe(record), e)
+            img = _read(self.source, self.source[position], size)
+        except images.InputError as e:
+            logging.warning("skipping an unreadable image: %s", e)
             return padding | {"index": np.int32(position), "skipped": np.int32(1)}
         if isinstance(self.source, SkimagePhotos):
             rng = np.random.default_rng([self.seed, position])

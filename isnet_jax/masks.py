@@ -250,17 +250,20 @@ def load_mask(
 
     As the release: grayscale, bilinear resize to the image size, then binarise: a pixel is
     "white" when its value exceeds ``threshold`` (0 in the release, so the interpolated border
-    counts as white). ``polarity`` says which colour the file uses for holes.
+    counts as white). ``polarity`` says which colour the file uses for holes. Raises
+    ``images.InputError`` naming a file it cannot read.
     """
     check_polarity(polarity)
-    with Image.open(path) as img:
+
+    def white(img: Image.Image) -> np.ndarray:
         img = images.to_8bit(img)  # 16-bit masks: the threshold is on the 8-bit scale
         if img.mode != "L":
             img = img.convert("L")
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
-        white = np.asarray(img) > threshold
-    return known_where(white, polarity).astype(np.float32)
+        return np.asarray(img) > threshold
+
+    return known_where(images.decoded(path, "mask", white), polarity).astype(np.float32)
 
 
 def mask_to_known(grey: np.ndarray, polarity: str = DEFAULT_POLARITY) -> np.ndarray:
@@ -446,18 +449,8 @@ def eval_masks(
 
 def _measure_one(args: tuple[str, int, str, int]) -> float:
     path, size, polarity, threshold = args
-    try:
-        if not size:
-            with Image.open(path) as img:
-                size = max(img.size)
-        return hole_ratio(load_mask(path, size, polarity, threshold))
-    except errors.UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - PIL's errors for a broken file have no common type
-        # (OSError, ValueError, SyntaxError from a broken EXIF block, struct.error, ...).
-        raise errors.UserError(
-            f"cannot read the mask {path} ({e}); replace it or move it out of the mask set"
-        ) from None
+    size = size or max(images.header_size(path, "mask"))
+    return hole_ratio(load_mask(path, size, polarity, threshold))
 
 
 def split(

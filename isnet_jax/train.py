@@ -27,6 +27,7 @@ from flax import nnx, traverse_util
 from isnet_jax import (
     checkpoint,
     errors,
+    input_pipeline,
     interrupts,
     losses,
     masks,
@@ -225,8 +226,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the last logged metrics (floats).
     """
-    from isnet_jax import input_pipeline
-
     workdir = epath.Path(workdir)
     created = not workdir.exists()
     mesh = sharding.create_mesh(config.get("mesh"))
@@ -404,8 +403,9 @@ class _Loop:
             return None
         self.data_seconds += time.perf_counter() - start
         self.skipped_images += int(np.sum(batch.get("skipped", 0)))
-        return tuple(jax.make_array_from_process_local_data(self.trainer.batch_sharding, batch[k])
-                     for k in ("image", "mask"))
+        arrays = input_pipeline.to_global({k: batch[k] for k in ("image", "mask")},
+                                          self.trainer.batch_sharding)
+        return arrays["image"], arrays["mask"]
 
     def _check_guard(self, guard, step: int) -> None:
         if guard is None:

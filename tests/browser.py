@@ -18,7 +18,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ import time
 import urllib.request
 
 import numpy as np
+import portpicker
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -47,17 +47,11 @@ def missing_browser() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class AppProcess:
     """``python -m isnet_jax.app`` in a subprocess on a free localhost port."""
 
     def __init__(self, checkpoint: os.PathLike, log: pathlib.Path, *extra: str):
-        self.port = free_port()
+        self.port = portpicker.pick_unused_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = log
         cmd = [sys.executable, "-m", "isnet_jax.app", "--checkpoint", str(checkpoint),

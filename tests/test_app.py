@@ -18,7 +18,8 @@ import pytest
 from browser import AppProcess, Page, chrome, missing_browser
 from PIL import Image
 
-from isnet_jax import cli, inpaint
+from isnet_jax import cli, masks
+from isnet_jax.inpainter import Inpainter
 
 gradio_client = pytest.importorskip(
     "gradio_client", reason='the page needs gradio: pip install -e ".[app]" (or ".[test]")'
@@ -189,7 +190,7 @@ def test_api_reports_bad_input_and_keeps_serving(app, client, files):
 
 
 def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_checkpoint):
-    inpainter = inpaint.Inpainter.from_checkpoint(tiny_checkpoint, size=SIZE, margin=MARGIN)
+    inpainter = Inpainter.from_checkpoint(tiny_checkpoint, size=SIZE, margin=MARGIN)
     requests = [("photo", "mask", "crop"), ("other", "other_mask", "pad")]
     jobs, results = [], {}
     barrier = threading.Barrier(len(requests))
@@ -209,7 +210,7 @@ def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_che
     assert len(results) == len(requests), results
     for photo, mask, mode in requests:
         image = np.asarray(Image.open(files[photo]))
-        known = inpaint.load_mask(files[mask], "hole_white")
+        known = masks.load_known_mask(files[mask], "hole_white")
         expected = inpainter.inpaint(image, known, mode=mode)
         served = np.asarray(Image.open(results[photo][0]))
         assert f"in {mode} mode" in results[photo][1]

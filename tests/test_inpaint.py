@@ -23,6 +23,7 @@ from conftest import start_until
 from PIL import Image
 
 from isnet_jax import checkpoint, cli, inpaint
+from isnet_jax.inpainter import Inpainter, crop_windows
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = ["--batch-size", "2"]  # every fast run uses it: one compile, shape (2, 32, 32, 3)
@@ -138,7 +139,7 @@ def test_api_matches_cli_and_single_mask_file(tiny_checkpoint, folders, capsys, 
     assert rc == 0, capsys.readouterr()
     cli = np.asarray(Image.open(out / "plain.png"))
 
-    inpainter = inpaint.Inpainter.from_checkpoint(tiny_checkpoint)
+    inpainter = Inpainter.from_checkpoint(tiny_checkpoint)
     source = np.asarray(Image.open(images / "plain.png"))
     api = inpainter(source, known)
     assert api.dtype == np.uint8 and api.shape == source.shape
@@ -216,8 +217,8 @@ CROP = {"mode": "crop", "size": 32, "margin": 8}
 
 
 @pytest.fixture(scope="module")
-def crop_inpainter(tiny_checkpoint) -> inpaint.Inpainter:
-    return inpaint.Inpainter.from_checkpoint(tiny_checkpoint, **CROP)
+def crop_inpainter(tiny_checkpoint) -> Inpainter:
+    return Inpainter.from_checkpoint(tiny_checkpoint, **CROP)
 
 
 def _holes(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
@@ -255,7 +256,7 @@ def test_crop_fills_far_holes_from_two_crops_and_close_holes_from_one(crop_inpai
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (96, 161, 3), dtype=np.uint8)
     a, b = (10, 10, 16, 18), (70, 130, 78, 140)  # far apart: windows of side 8 + 16 and 10 + 16
-    windows = inpaint.crop_windows(_holes(96, 161, a, b), margin=8)
+    windows = crop_windows(_holes(96, 161, a, b), margin=8)
     # By hand: a's window is 24 px centred on (13, 14): rows 1..25, cols 2..26; b's 26 px
     # centred on (74, 135): rows 61..87, cols 122..148.
     assert windows == [((1, 2, 25, 26), a), ((61, 122, 87, 148), b)]
@@ -282,9 +283,9 @@ def test_crop_fills_far_holes_from_two_crops_and_close_holes_from_one(crop_inpai
     # d's window (rows 32..52, cols 12..32) misses a's (1..25) and c's (rows 2..24) but
     # overlaps their merged one (rows 0..36).
     d = (40, 20, 44, 24)
-    assert len(inpaint.crop_windows(_holes(96, 161, a, d), margin=8)) == 2
-    assert len(inpaint.crop_windows(_holes(96, 161, c, d), margin=8)) == 2
-    merged = inpaint.crop_windows(_holes(96, 161, a, c, d), margin=8)
+    assert len(crop_windows(_holes(96, 161, a, d), margin=8)) == 2
+    assert len(crop_windows(_holes(96, 161, c, d), margin=8)) == 2
+    merged = crop_windows(_holes(96, 161, a, c, d), margin=8)
     assert len(merged) == 1 and merged[0][1] == (10, 10, 44, 30)
 
 
@@ -332,7 +333,7 @@ def test_crop_windows_are_disjoint_and_cover_every_hole():
         for _ in range(trial):  # and a few blocks
             top, left = rng.integers(0, 280), rng.integers(0, 380)
             known[top : top + rng.integers(1, 40), left : left + rng.integers(1, 60)] = False
-        windows = inpaint.crop_windows(known, margin=16)
+        windows = crop_windows(known, margin=16)
         covered = np.zeros(known.shape, int)
         for (top, left, bottom, right), (bt, bl, bb, br) in windows:
             assert top <= bt < bb <= bottom and left <= bl < br <= right

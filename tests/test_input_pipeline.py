@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isnet_jax import errors, input_pipeline, masks
+from isnet_jax import errors, images, input_pipeline, masks
 from isnet_jax.configs import default
 
 SIZE = 32
@@ -98,7 +98,7 @@ def _assert_same(batches_a, batches_b):
     "name", ["gray.png", "rgba.png", "palette.png", "deep.png", "sub/photo.webp", "small.png"]
 )
 def test_decode_converts_every_mode_to_rgb(image_folder, name):
-    img = input_pipeline.decode_image(image_folder / name)
+    img = images.load_rgb(image_folder / name)
     assert img.mode == "RGB"
     pixels = np.asarray(input_pipeline.center_crop_resize(img, SIZE))
     assert pixels.shape == (SIZE, SIZE, 3) and pixels.dtype == np.uint8
@@ -107,23 +107,37 @@ def test_decode_converts_every_mode_to_rgb(image_folder, name):
 
 def test_sixteen_bit_is_scaled_not_clipped(image_folder):
     deep = np.asarray(Image.open(image_folder / "deep.png"), np.float64) / 257
-    rgb = np.asarray(input_pipeline.decode_image(image_folder / "deep.png"), np.float64)
+    rgb = np.asarray(images.load_rgb(image_folder / "deep.png"), np.float64)
     np.testing.assert_allclose(rgb[..., 0], deep, atol=1)
 
 
 @pytest.mark.parametrize("name", BAD)
 def test_bad_files_raise_bad_image(image_folder, name):
-    with pytest.raises(input_pipeline.BadImageError):
-        input_pipeline.decode_image(image_folder / name)
-    with pytest.raises(input_pipeline.BadImageError):
-        input_pipeline.decode_image((image_folder / name).read_bytes())
+    with pytest.raises(images.InputError, match=f"cannot read image {image_folder / name}: "):
+        images.load_rgb(image_folder / name)
+    with pytest.raises(images.InputError, match="cannot read an encoded image of"):
+        images.load_rgb((image_folder / name).read_bytes())
+
+
+def test_training_reads_a_photo_upright_as_inpainting_does(tmp_path):
+    """One decoder: a photo stored sideways (EXIF orientation 6, "turn 90 degrees clockwise to
+    display") trains as an editor shows it, as inpainting reads it."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :10] = 255  # a white band along the stored left edge: the top once displayed
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    rgb = np.asarray(images.load_rgb(tmp_path / "sideways.jpg"))
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[:8].mean() > 200 and rgb[12:].mean() < 50
+    np.testing.assert_array_equal(rgb, images.load_image(tmp_path / "sideways.jpg"))
 
 
 def test_center_crop_and_jpeg_draft(image_folder):
     # The draft (reduced-scale JPEG decoding) never goes below the crop size.
-    img = input_pipeline.decode_image(image_folder / "landscape.jpg", min_size=SIZE)
+    img = images.load_rgb(image_folder / "landscape.jpg", min_size=SIZE)
     assert min(img.size) >= SIZE
-    full = np.asarray(input_pipeline.decode_image(image_folder / "landscape.jpg"))
+    full = np.asarray(images.load_rgb(image_folder / "landscape.jpg"))
     crop = np.asarray(input_pipeline.center_crop_resize(Image.fromarray(full), 60))
     np.testing.assert_array_equal(crop, full[:, 10:70])  # centre square, no resize needed
 
@@ -168,14 +182,14 @@ def test_skip_bad_counts_exactly():
 
 def test_skip_bad_stops_on_an_all_bad_stream():
     ds = grain.MapDataset.source([{"bad": True}] * 3).repeat().to_iter_dataset()
-    with pytest.raises(input_pipeline.BadImageError, match="60 unreadable images in a row"):
+    with pytest.raises(errors.MissingFileError, match="60 unreadable images in a row"):
         next(iter(input_pipeline.SkipBad(ds, limit=60)))
 
 
 def test_source_of_only_bad_files_stops_at_once(image_folder, tmp_path):
     for name in BAD:
         (tmp_path / name).write_bytes((image_folder / name).read_bytes())
-    with pytest.raises(input_pipeline.BadImageError, match=f"none of 3 images.*{tmp_path}"):
+    with pytest.raises(errors.MissingFileError, match=f"none of 3 images.*{tmp_path}"):
         input_pipeline.create_train_iterator(_config(tmp_path), process_index=0, process_count=1)
 
 

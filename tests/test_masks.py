@@ -243,8 +243,8 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
             "--workers", "1"]
     assert masks.main(args) == cli.EXIT_USER_ERROR
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read the mask {broken} ("), lines
-    assert lines[0].endswith("; replace it or move it out of the mask set")
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot read mask {broken}: "), lines
+    assert lines[0].endswith("; replace the file, or open and save it again in an image editor")
     with pytest.raises(SystemExit) as caught:
         masks.main([*args, "--mask-polarity", "hole-white"])
     assert caught.value.code == cli.EXIT_USER_ERROR
@@ -272,11 +272,11 @@ def test_one_polarity_vocabulary_and_default_for_training_inference_and_the_page
     for polarity in (None, *masks.POLARITIES):
         given = () if polarity is None else (polarity,)
         training = masks.load_mask(path, 32, *given, threshold=127).astype(bool)
-        inference = inpaint.load_mask(path, *given)
+        inference = masks.load_known_mask(path, *given)
         np.testing.assert_array_equal(training, inference)
         np.testing.assert_array_equal(training, known if polarity != "hole_white" else ~known)
     for call in (lambda p: masks.MaskSet(tmp_path, p), lambda p: masks.load_mask(path, 32, p),
-                 lambda p: inpaint.load_mask(path, p), lambda p: masks.other_polarity(p)):
+                 lambda p: masks.load_known_mask(path, p), lambda p: masks.other_polarity(p)):
         with pytest.raises(errors.ConfigError, match="'hole-white': write hole_white"):
             call("hole-white")
     with pytest.raises(errors.ConfigError, match="^unknown config.masks.polarity 'black': "

@@ -76,9 +76,9 @@ def run_mode(args: argparse.Namespace) -> dict:
     """One mode in this process: the timings and the process's peak memory."""
     import jax
 
-    from isnet_jax import inpainter as inpaint
+    from isnet_jax.inpainter import Inpainter
 
-    inpainter = inpaint.Inpainter.from_checkpoint(
+    inpainter = Inpainter.from_checkpoint(
         args.checkpoint, size=args.size, margin=args.crop_margin
     )
     meta = inpainter.meta

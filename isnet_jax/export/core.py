@@ -8,8 +8,6 @@ import dataclasses
 import importlib
 import json
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import errors, masks
+from isnet_jax import atomic, errors, masks
 from isnet_jax.models import MULTIPLE
 from isnet_jax.models.layers import Conv
 
@@ -192,8 +190,7 @@ def export(
     shape = shape_for(fmt, shape)
     write = _writer(fmt)
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    with atomic.written(output, folder=True) as partial:  # replaces output (overwrite) when done
         details = write(generator, partial, shape)
         record = {
             "format": fmt,
@@ -212,12 +209,6 @@ def export(
             **details,
         }
         (partial / META_FILE).write_text(json.dumps(record, indent=1) + "\n")
-        if output.exists():  # overwrite: checked above
-            shutil.rmtree(output)
-        partial.rename(output)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return output
 
 

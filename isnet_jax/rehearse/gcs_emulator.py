@@ -32,7 +32,6 @@ import atexit
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,13 +40,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import portpicker
+
 _START_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # Runs the emulator's CLI in the child, with these fixes:
@@ -124,7 +119,7 @@ class Emulator:
     def __init__(self, bucket: str = "isnet", *, data_dir: str | os.PathLike | None = None,
                  port: int | None = None) -> None:
         self.bucket = bucket
-        self.port = port or _free_port()
+        self.port = port or portpicker.pick_unused_port()
         self._own_dir = data_dir is None
         self.data_dir = str(data_dir or tempfile.mkdtemp(prefix="isnet_gcs_emulator_"))
         self._process: subprocess.Popen | None = None

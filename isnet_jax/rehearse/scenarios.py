@@ -34,13 +34,14 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import portpicker
 
 SCENARIOS = ("exact", "preemption", "lost_host", "bucket_fault", "host_count")
 
@@ -65,12 +66,6 @@ _COMMON = {
     "data.skimage_num_images": 64, "eval.num_images_final": 8, "eval.batch_size": 8,
 }
 _REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass
@@ -115,7 +110,7 @@ class Hosts:
                  count: int, devices: int):
         self.tag, self.count, self.workdir = tag, count, workdir
         self.logs = [rehearsal.logdir / f"{tag}.host{i}.log" for i in range(count)]
-        port = free_port()
+        port = portpicker.pick_unused_port()
         env = {**os.environ, **rehearsal.env,
                "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
         self.started = time.monotonic()
@@ -333,11 +328,7 @@ def single_process_check(workdir: str, config_file: str, overrides: str, hosts: 
     from isnet_jax.inpainter import Inpainter
 
     config = configs.load(config_file or str(configs.DEMO))
-    for key, value in json.loads(overrides).items():
-        node = config
-        for part in key.split(".")[:-1]:
-            node = node[part]
-        node[key.rpartition(".")[2]] = value
+    config.update_from_flattened_dict(json.loads(overrides))
     hosts, step = int(hosts), int(step)
     trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
     iters = [input_pipeline.create_train_iterator(config, process_index=p, process_count=hosts)
@@ -362,6 +353,16 @@ def single_process_check(workdir: str, config_file: str, overrides: str, hosts: 
     print(json.dumps(result))
 
 
+def relative_distance(x: Any, y: Any) -> float:
+    """The worst array's ``||x - y|| / ||x||`` over two pytrees of the same structure."""
+    import jax
+    import numpy as np
+
+    return max(float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
+                     / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
+               for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+
+
 def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms
     (as ``tests/conftest.step_distance``): the worst array's relative distance of Adam's first
@@ -371,12 +372,8 @@ def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     import jax
     import numpy as np
 
-    def worst(x, y):
-        return max(float(np.linalg.norm(np.asarray(u, np.float64) - np.asarray(v, np.float64))
-                         / max(np.linalg.norm(np.asarray(u, np.float64)), 1e-30))
-                   for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
-
-    result = {f"{n}_grad": worst(a[f"{n}_opt"].inner_state[0].mu, b[f"{n}_opt"].inner_state[0].mu)
+    result = {f"{n}_grad": relative_distance(a[f"{n}_opt"].inner_state[0].mu,
+                                             b[f"{n}_opt"].inner_state[0].mu)
               for n in ("g", "d")}
     far = total = 0
     for key in ("g_params", "d_params"):

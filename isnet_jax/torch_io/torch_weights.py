@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from isnet_jax import errors
+from isnet_jax import atomic, errors
 from isnet_jax.torch_io.pth import PthError, load_pth
 
 # (torch key -> (our variable, the shape torch stores it in, torch array -> ours))
@@ -243,15 +242,9 @@ def save_npz(
     arrays = {"format": np.array(format_tag)}
     for name, variable in (variables or _variables(module)).items():
         arrays[name] = np.asarray(variable.get_value(), np.float32)
-    # Written beside the target and renamed: a reader never sees half a file.
-    fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(partial, path)
-    except BaseException:
-        os.unlink(partial)
-        raise
+    # A file object, not the path: np.savez would append ".npz" to a name without it.
+    with atomic.written(path) as partial, open(partial, "wb") as f:
+        np.savez(f, **arrays)
     return path
 
 
