@@ -174,33 +174,6 @@ def quiet_library_logs(handler: logging.Handler) -> None:
     handler.addFilter(_QuietLibraries())
 
 
-_TF_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
-
-
-def import_tensorflow() -> Any:
-    """``import tensorflow``, without the lines it prints on import that concern no user: the
-    oneDNN notice, twice, each after "All log messages before absl::InitializeLog()". Its C++
-    code writes them to the process's stderr (``TF_CPP_MIN_LOG_LEVEL`` no longer reaches them),
-    so file descriptor 2 is caught for the import and every other line is written back."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(notice in line for notice in _TF_NOTICES):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-    return tf
-
-
 def leave(status: int) -> None:
     """Flushes and exits at once. Everything is saved and waited for by now; Python's own
     teardown with XLA's, grain's and Orbax's threads still running can hang or crash after an

@@ -49,8 +49,6 @@ def main(argv: list[str]) -> None:
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _DISTRIBUTED.value or any(v is not None for v in explicit):
         jax.distributed.initialize(*explicit)
-    # TensorFlow (TFDS, TensorBoard) must not take accelerator memory from JAX.
-    cli.import_tensorflow().config.set_visible_devices([], "GPU")
     logging.info("JAX process %d of %d, %d local / %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)

@@ -26,7 +26,6 @@ all alike. Reported: the median forward, its ratio to jax's, and each process's 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from isnet_jax import cli, errors, extras
 
 RUNTIMES = ("jax", "stablehlo", "savedmodel", "tflite", "onnx", "torch")
 _PEER = pathlib.Path(__file__).resolve().parents[3] / "shared" / "peer" / "torch_isnet.py"
@@ -229,7 +230,7 @@ def table(results: list[dict], runtimes: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m isnet_jax.benchmarks.export",
+    parser = cli.ArgumentParser(prog="python -m isnet_jax.benchmarks.export",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="256,512")
     parser.add_argument("--rounds", type=int, default=5)
@@ -251,6 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runtimes: jax and any of {', '.join(RUNTIMES)}; got {args.runtimes}")
     if "torch" in args.runtimes and not args.torch_python:
         parser.error("the torch row needs --torch-python (an environment with torch)")
+    if {"savedmodel", "tflite"} & set(args.runtimes):
+        try:
+            extras.require_tensorflow("the savedmodel and tflite rows")
+        except errors.MissingExtraError as e:
+            parser.error(f"{e}; or leave them out: --runtimes jax,stablehlo,onnx")
 
     with tempfile.TemporaryDirectory(prefix="isnet_export_bench_") as tmp:
         source, paths = prepare(args, pathlib.Path(tmp))

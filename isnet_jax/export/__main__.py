@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from isnet_jax import cli
+from isnet_jax import cli, extras
 from isnet_jax import export as lib
 
 
@@ -52,6 +52,8 @@ def parse_args(argv: Sequence[str] | None = None):
 def run(args) -> int:
     shape = lib.shape_for(args.format, lib.Shape(args.batch, args.height, args.width))
     lib.check_output(args.output, args.overwrite)
+    if args.format in ("savedmodel", "tflite"):  # before the checkpoint's restore
+        extras.require_tensorflow(f"--format {args.format}")
     from isnet_jax import checkpoint
 
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other

@@ -31,14 +31,13 @@ import numpy as np
 from flax import nnx
 
 from isnet_jax import export as base
+from isnet_jax import extras
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter, not our warnings
 
 
 def _tf():
-    import tensorflow as tf
-
-    return tf
+    return extras.import_tensorflow("the savedmodel and tflite exports")
 
 
 def _polymorphic(shape: base.Shape, channels: int) -> str:
