@@ -240,6 +240,15 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) ->
         "(default: twice --size)")
 
 
+def add_compilation_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compilation-cache PATH|off``: where compiled programs are kept between runs
+    (``isnet_jax.compilation_cache``)."""
+    from isnet_jax import compilation_cache
+
+    parser.add_argument("--compilation-cache", default=None, metavar="PATH|off",
+                        help=compilation_cache.FLAG_HELP)
+
+
 def check_model_arguments(
     parser: argparse.ArgumentParser, args: argparse.Namespace, *, multiple: int
 ) -> None:

@@ -93,6 +93,7 @@ def test_the_demo_trains_and_evaluates_without_tensorflow(run):
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
         "2", "4"]
     assert "step 4/4: G " in train_log
+    assert "compilation: " in train_log  # what it compiled and kept (compilation_cache.py)
     # The progress report: rate, share, steps, ETA and the data loader's share of the time.
     assert re.search(r"Progress: \d+\.\d steps/s, 50\.0% \(2/4\), ETA: \d+m \(\d+m : "
                      r"\d+\.\d% data\)", train_log), train_log[-3000:]

@@ -46,6 +46,7 @@ def parse_args(argv: Sequence[str] | None = None):
                         f"tflite: {lib.FIXED_DEFAULT.width})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output folder")
+    cli.add_compilation_cache_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -54,8 +55,9 @@ def run(args) -> int:
     lib.check_output(args.output, args.overwrite)
     if args.format in ("savedmodel", "tflite"):  # before the checkpoint's restore
         extras.require_tensorflow(f"--format {args.format}")
-    from isnet_jax import checkpoint
+    from isnet_jax import checkpoint, compilation_cache
 
+    compilation_cache.enable(args.compilation_cache)
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
     generator, meta = checkpoint.restore_generator(args.checkpoint, args.step)
     print(f"{cli.generator_line(meta, args.checkpoint)}; exporting {args.format}, input shape "
@@ -68,6 +70,7 @@ def run(args) -> int:
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"wrote {folder / lib.MODEL_FILES[args.format]} and {lib.META_FILE} "
           f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s", flush=True)
+    print(compilation_cache.report(), flush=True)
     return 0
 
 
