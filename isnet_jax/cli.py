@@ -238,6 +238,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) ->
         "--crop-above", type=int, default=None,
         help="auto mode: crop images whose longer side exceeds this many pixels "
         "(default: twice --size)")
+    parser.add_argument(
+        "--runtime", choices=("auto", "jax", "onnx"), default="auto",
+        help="what runs the generator: onnx (onnxruntime, the fastest on a CPU), jax (XLA), "
+        "or auto: onnx on a CPU when onnxruntime is installed, else jax (default: %(default)s)")
 
 
 def add_compilation_cache_argument(parser: argparse.ArgumentParser) -> None:

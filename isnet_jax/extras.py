@@ -38,8 +38,7 @@ def require(module: str, extra: str, needed_for: str) -> None:
     says what needs it ("--format savedmodel")."""
     if not installed(module):
         raise MissingExtraError(
-            f"{needed_for} needs {module}, which is no part of the default install: "
-            f"{pip_install(extra)}")
+            f"{needed_for} needs {module}, which is not installed: {pip_install(extra)}")
 
 
 def require_tensorflow(needed_for: str) -> None:

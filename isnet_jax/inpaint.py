@@ -276,10 +276,11 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         margin=args.crop_margin,
         crop_above=args.crop_above,
+        runtime=args.runtime,
     )
     print(f"{cli.generator_line(inpainter.meta, args.checkpoint)}; running on "
-          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)), "
-          f"{inpainter.describe()}", flush=True)
+          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)) with "
+          f"{inpainter.runtime} ({inpainter.runtime_note}), {inpainter.describe()}", flush=True)
     try:  # only now: a failed start leaves no empty folder behind
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as e:

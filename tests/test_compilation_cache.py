@@ -32,7 +32,8 @@ def _inpaint(checkpoint, tmp_path, out: str, env, *extra: str) -> tuple[str, flo
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "isnet_jax.inpaint", "--checkpoint", str(checkpoint),
-         "--size", "32", "--crop-margin", "8", "--input", str(tmp_path / "photo.png"),
+         "--size", "32", "--crop-margin", "8", "--runtime", "jax",
+         "--input", str(tmp_path / "photo.png"),
          "--mask", str(tmp_path / "mask.png"), "--output", str(tmp_path / out), *extra],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -40,7 +40,7 @@ sys.meta_path[:] = [_Hidden(f) for f in sys.meta_path]
 # Runs module argv[1] as ``python -m`` would, without TensorFlow.
 _RUN_MODULE = NO_TF + (
     "import runpy\nrunpy.run_module(sys.argv.pop(1), run_name='__main__', alter_sys=True)\n")
-TF_LINE = "needs tensorflow, which is no part of the default install: pip install 'isnet-jax[tf]'"
+TF_LINE = "needs tensorflow, which is not installed: pip install 'isnet-jax[tf]'"
 
 
 def without_tf(module: str, *args: str) -> list[str]:
