@@ -340,7 +340,8 @@ def serve(args: argparse.Namespace) -> int:
     about = cli.generator_line(inpainter.meta, args.checkpoint)
     print(f"{about}; running on {jax.devices()[0].platform} with {inpainter.runtime} "
           f"({inpainter.runtime_note})", flush=True)
-    print(f"compiling the {args.size}x{args.size} forward pass ...", flush=True)
+    print(f"running the {args.size}x{args.size} forward pass once (jax compiles it) ...",
+          flush=True)
     print(f"ready in {warm_up(inpainter):.1f} s; {compilation_cache.report()}", flush=True)
     demo = build(inpainter, max_megapixels=args.max_megapixels, title=html.escape(about))
     demo.launch(

@@ -189,6 +189,8 @@ class Inpainter:
                     self._onnx = onnx_runtime.OnnxGenerator(generator)
                 except errors.ConfigError as e:  # not ISNet: the ONNX export has no graph
                     self.runtime_note = str(e).split(";")[0]
+                except OSError as e:  # the cache folder cannot be written (a read-only home)
+                    self.runtime_note = f"the ONNX model could not be written: {e}"
         elif runtime == "onnx":
             self._onnx = onnx_runtime.OnnxGenerator(generator)
         if self._onnx is not None:
