@@ -200,33 +200,6 @@ def quiet_library_logs(handler: logging.Handler) -> None:
     handler.addFilter(_QuietLibraries())
 
 
-_TF_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
-
-
-def import_tensorflow() -> Any:
-    """``import tensorflow``, without the lines it prints on import that concern no user: the
-    oneDNN notice, twice, each after "All log messages before absl::InitializeLog()". Its C++
-    code writes them to the process's stderr (``TF_CPP_MIN_LOG_LEVEL`` no longer reaches them),
-    so file descriptor 2 is caught for the import and every other line is written back."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(notice in line for notice in _TF_NOTICES):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-    return tf
-
-
 def leave(status: int) -> None:
     """Flushes and exits at once. Everything is saved and waited for by now; Python's own
     teardown with XLA's, grain's and Orbax's threads still running can hang or crash after an
@@ -301,6 +274,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) ->
         "--crop-above", type=int, default=None,
         help="auto mode: crop images whose longer side exceeds this many pixels "
         "(default: twice --size)")
+    parser.add_argument(
+        "--runtime", choices=("auto", "jax", "onnx"), default="auto",
+        help="what runs the generator: onnx (onnxruntime, the fastest on a CPU), jax (XLA), "
+        "or auto: onnx on a CPU when onnxruntime is installed, else jax (default: %(default)s)")
+
+
+def add_compilation_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compilation-cache PATH|off``: where compiled programs are kept between runs
+    (``isnet_jax.compilation_cache``)."""
+    from isnet_jax import compilation_cache
+
+    parser.add_argument("--compilation-cache", default=None, metavar="PATH|off",
+                        help=compilation_cache.FLAG_HELP)
 
 
 def check_model_arguments(

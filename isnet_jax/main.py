@@ -16,7 +16,7 @@ import traceback
 import jax
 from absl import app, flags, logging
 
-from isnet_jax import cli, errors, interrupts, liveness
+from isnet_jax import cli, compilation_cache, errors, interrupts, liveness
 
 _CONFIG: flags.FlagHolder | None = None  # defined in run(): it parses overrides as it is made
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
@@ -38,6 +38,8 @@ _LOST_HOST_TIMEOUT = flags.DEFINE_integer(
     "lost_host_timeout", liveness.DEFAULT_TIMEOUT_S,
     "Several processes: seconds without a sign of life from another process before this one "
     f"stops, naming it (exit status {liveness.EXIT_LOST_HOST}); 0: wait for JAX's heartbeat.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", None, compilation_cache.FLAG_HELP)
 _VERBOSE_LIBRARIES = flags.DEFINE_bool(
     "verbose_libraries", False, "Keep Orbax's and grain's INFO logs (hidden by default)."
 )
@@ -51,8 +53,7 @@ def main(argv: list[str]) -> None:
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     if _DISTRIBUTED.value or any(v is not None for v in explicit):
         jax.distributed.initialize(*explicit)
-    # TensorFlow (TFDS, TensorBoard) must not take accelerator memory from JAX.
-    cli.import_tensorflow().config.set_visible_devices([], "GPU")
+    compilation_cache.enable(_COMPILATION_CACHE.value)
     logging.info("JAX process %d of %d, %d local / %d global devices (%s).",
                  jax.process_index(), jax.process_count(), jax.local_device_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
@@ -86,6 +87,7 @@ def main(argv: list[str]) -> None:
         watchdog.explain(sys.exc_info()[1])
         traceback.print_exc()
         cli.leave(1)
+    compilation_cache.log_report()
     if watchdog is not None:  # finished: the others must not take its silence for a loss
         watchdog.stop()
 

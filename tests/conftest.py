@@ -135,6 +135,8 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    # What the commands keep between runs (compilation_cache.py) stays out of ~/.cache.
+    os.environ.setdefault("ISNET_JAX_CACHE", str(cache.parent / "isnet_jax_test_cache"))
 
 
 # The command-line form of a tiny run (with --config.num_train_steps): the same programs in every

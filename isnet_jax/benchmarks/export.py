@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any
 
-from isnet_jax import cli
+from isnet_jax import cli, errors, extras
 
 RUNTIMES = ("jax", "stablehlo", "savedmodel", "tflite", "onnx", "torch")
 _PEER = pathlib.Path(__file__).resolve().parents[3] / "shared" / "peer" / "torch_isnet.py"
@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runtimes: jax and any of {', '.join(RUNTIMES)}; got {args.runtimes}")
     if "torch" in args.runtimes and not args.torch_python:
         parser.error("the torch row needs --torch-python (an environment with torch)")
+    if {"savedmodel", "tflite"} & set(args.runtimes):
+        try:
+            extras.require_tensorflow("the savedmodel and tflite rows")
+        except errors.MissingExtraError as e:
+            parser.error(f"{e}; or leave them out: --runtimes jax,stablehlo,onnx")
 
     with tempfile.TemporaryDirectory(prefix="isnet_export_bench_") as tmp:
         source, paths = prepare(args, pathlib.Path(tmp))

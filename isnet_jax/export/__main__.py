@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from isnet_jax import cli
+from isnet_jax import cli, extras
 from isnet_jax.export import core
 from isnet_jax.models import MULTIPLE
 
@@ -45,6 +45,7 @@ def parse_args(argv: Sequence[str] | None = None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output folder")
     parser.add_deprecated_alias("--batch", "--batch-size")
+    cli.add_compilation_cache_argument(parser)
     args = parser.parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -54,8 +55,11 @@ def parse_args(argv: Sequence[str] | None = None):
 def run(args) -> int:
     shape = core.shape_for(args.format, core.Shape(args.batch_size, args.height, args.width))
     core.check_output(args.output, args.overwrite)
-    from isnet_jax import checkpoint
+    if args.format in ("savedmodel", "tflite"):  # before the checkpoint's restore
+        extras.require_tensorflow(f"--format {args.format}")
+    from isnet_jax import checkpoint, compilation_cache
 
+    compilation_cache.enable(args.compilation_cache)
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
     generator, meta = checkpoint.restore_generator(args.checkpoint, args.step)
     print(f"{cli.generator_line(meta, args.checkpoint)}; exporting {args.format}, input shape "
@@ -68,6 +72,7 @@ def run(args) -> int:
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"wrote {folder / core.MODEL_FILES[args.format]} and {core.META_FILE} "
           f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s", flush=True)
+    print(compilation_cache.report(), flush=True)
     return 0
 
 
