@@ -257,6 +257,11 @@ def test_the_server_down_is_one_line_naming_file_url_and_path(server, tmp_path):
     assert "https://github.com/GuardSkill/Large-Scale-Feature-Inpainting" in str(caught.value)
     assert ("`python -m isnet_jax.convert --generator InpaintingModel_gen.pth --discriminator "
             "InpaintingModel_dis.pth --output weights/places2`") in str(caught.value)
+    # Named as a checkpoint (inpaint, export, eval): the same line, not "no checkpoint found".
+    from isnet_jax import checkpoint
+
+    with pytest.raises(weights.NoDownloadError, match="mega.nz, no plain download"):
+        checkpoint.resolve("isnet_places2")
 
 
 def test_a_read_only_or_full_cache_is_one_line(server, tmp_path):
