@@ -45,7 +45,7 @@ def documented_commands(script: str) -> list[str]:
             text = block.replace("\\\n", " ")
             commands += [line.strip() for line in text.splitlines()
                          if line.strip().startswith(f"bash launch/{script}")]
-    return commands
+    return list(dict.fromkeys(commands))  # a command shown in README.md and docs/ runs once
 
 
 def dry_run_args(command: str) -> list[str]:
