@@ -292,7 +292,10 @@ def test_dry_run_blocks():
     assert {"launch/gpu.sh", "launch/slurm.sh", "launch/tpu_vm.sh"} <= scripts
 
 
+# Opt-in for now (`pytest -m docs_run`): the run blocks took about 30 minutes of one worker on a
+# loaded 2-core VM, more than the whole suite's budget; the fast tests above always run.
 @pytest.mark.slow
+@pytest.mark.docs_run
 @pytest.mark.parametrize("doc", [str(p.relative_to(REPO)) for p in documents(REPO)
                                  if any(b.kind == "run" for b in blocks(REPO)
                                         if b.path == p.relative_to(REPO))])
