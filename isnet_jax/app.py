@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from isnet_jax import cli, errors, images, masks
+from isnet_jax import cli, compilation_cache, errors, images, masks
 from isnet_jax import inpainter as inpainter_lib
 from isnet_jax.models import MULTIPLE
 
@@ -298,6 +298,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Serve a local web page that inpaints photos with an ISNet checkpoint.",
     )
     cli.add_model_arguments(parser, crop_margin=inpainter_lib.CROP_MARGIN)
+    cli.add_compilation_cache_argument(parser)
     parser.add_argument(
         "--host",
         default="127.0.0.1",
@@ -328,17 +329,21 @@ def serve(args: argparse.Namespace) -> int:
     import jax
 
     start = time.perf_counter()
+    compilation_cache.enable(args.compilation_cache)
     inpainter = inpainter_lib.Inpainter.from_checkpoint(
         args.checkpoint,
         args.step,
         size=args.size,
         margin=args.crop_margin,
         crop_above=args.crop_above,
+        runtime=args.runtime,
     )
     about = cli.generator_line(inpainter.meta, args.checkpoint)
-    print(f"{about}; running on {jax.devices()[0].platform}", flush=True)
-    print(f"compiling the {args.size}x{args.size} forward pass ...", flush=True)
-    print(f"compiled in {warm_up(inpainter):.1f} s", flush=True)
+    print(f"{about}; running on {jax.devices()[0].platform} with {inpainter.runtime} "
+          f"({inpainter.runtime_note})", flush=True)
+    print(f"running the {args.size}x{args.size} forward pass once (jax compiles it) ...",
+          flush=True)
+    print(f"ready in {warm_up(inpainter):.1f} s; {compilation_cache.report()}", flush=True)
     demo = build(inpainter, max_megapixels=args.max_megapixels, title=html.escape(about))
     demo.launch(
         server_name=args.host,

@@ -25,7 +25,7 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from isnet_jax import errors, models, sharding
+from isnet_jax import errors, models, sharding, weights
 
 META = "meta"
 GENERATOR = "generator"
@@ -73,6 +73,8 @@ def resolve(path: epath.PathLike, step: int | None = None) -> tuple[epath.Path, 
             raise errors.MissingFileError(
                 f"{directory} has no checkpoint for step {step}; it has steps {steps}"
             )
+    if not path.exists() and str(path) in weights.table():
+        weights.fetch(str(path))  # the release's weights: says where they are and how to convert
     raise errors.MissingFileError(
         f"no Orbax checkpoint found at {path} (looked in {', '.join(map(str, candidates))}); "
         "pass a training workdir, its checkpoints/ folder, or a folder written by "

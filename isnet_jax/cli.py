@@ -4,19 +4,23 @@ A mistake the user can fix (``errors.UserError``, or a bad flag: ``ArgumentParse
 ``error: <message>``, and exit status 2; Ctrl-C is one line and status 130; any other exception
 is a bug and keeps its traceback (``run_cli``). ``python -m isnet_jax.inpaint`` and
 ``python -m isnet_jax.app`` choose their checkpoint and crop settings with the same flags
-(``add_model_arguments``); ``--config`` and its overrides go wrong as one line too
-(``define_config_flag``, ``parse_flags``). A library module never imports this one: loops that
-must not stop half-way through a step (training, inpainting) use ``isnet_jax.interrupts``.
+(``add_model_arguments``); every command names a checkpoint ``--checkpoint PATH --step N``
+(``add_checkpoint_arguments``), and an old spelling of a flag keeps working with one warning
+line (``ArgumentParser.add_deprecated_alias``; docs/cli.md lists them all). ``--config`` and
+its overrides go wrong as one line too (``define_config_flag``, ``parse_flags``). A library
+module never imports this one: loops that must not stop half-way through a step (training,
+inpainting) use ``isnet_jax.interrupts``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextvars
 import difflib
 import gc
-import importlib.util
 import logging
 import os
+import pathlib
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
@@ -33,11 +37,105 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose mistakes (a bad flag or value) are one ``error:`` line and status 2, as
-    a ``UserError`` is; argparse's own prints the usage block first."""
+    a ``UserError`` is; argparse's own prints the usage block first. An old spelling of a flag
+    stays accepted through ``add_deprecated_alias``."""
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message}; see {self.prog} --help", file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if _capturing.get():
+            raise _Captured(self)
+        return super().parse_known_args(args, namespace)
+
+    def add_deprecated_alias(
+        self, old: str, new: str, *, translate: Callable[[str], dict[str, Any]] | None = None,
+        use: str | None = None,
+    ) -> None:
+        """Accepts ``old`` as the flag ``new`` (already added) and warns once per use:
+        ``warning: OLD is deprecated; use NEW`` on stderr.
+
+        ``translate``: for an old flag whose value now goes to several flags (``--export
+        DIR@STEP`` -> ``--checkpoint DIR --step STEP``): the value -> ``{dest: value}`` (raise
+        ``argparse.ArgumentTypeError`` for a bad one); ``use`` then says what to write instead.
+        Hidden from ``--help``; ``deprecated_aliases`` lists them (docs/cli.md)."""
+        target = self._option_string_actions[new]
+        if target.required:  # argparse's own check would not see the alias's use
+            raise ValueError(f"{new} is required: an alias of it is not supported")
+        if translate is None:
+            kwargs = dict(nargs=target.nargs, const=target.const, type=target.type,
+                          choices=target.choices, metavar=target.metavar)
+        else:
+            kwargs = dict(type=translate)
+        self.add_argument(old, action=_DeprecatedAlias, dest=target.dest,
+                          default=argparse.SUPPRESS, help=argparse.SUPPRESS, target=target,
+                          use=use or new, translate=translate is not None, **kwargs)
+
+    def deprecated_aliases(self) -> dict[str, str]:
+        """``{old flag: what to write instead}`` for every ``add_deprecated_alias``."""
+        return {old: action.use for action in self._actions
+                if isinstance(action, _DeprecatedAlias) for old in action.option_strings}
+
+
+class _DeprecatedAlias(argparse.Action):
+    """An old spelling: does what its ``target`` flag does, after one warning line."""
+
+    def __init__(self, option_strings, dest, *, target: argparse.Action, use: str,
+                 translate: bool, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.target, self.use, self.translate = target, use, translate
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"warning: {option_string} is deprecated; use {self.use}", file=sys.stderr,
+              flush=True)
+        if self.translate:
+            for dest, value in values.items():
+                setattr(namespace, dest, value)
+        else:
+            self.target(parser, namespace, values, self.target.option_strings[-1])
+
+
+class _Captured(Exception):
+    def __init__(self, parser: ArgumentParser) -> None:
+        super().__init__(parser.prog)
+        self.parser = parser
+
+
+_capturing: contextvars.ContextVar[bool] = contextvars.ContextVar("capturing", default=False)
+
+
+def parser_of(parse: Callable[[list[str]], Any]) -> ArgumentParser:
+    """The ``ArgumentParser`` that a command line's ``parse`` (its ``parse_args`` or ``main``,
+    which takes ``argv``) builds, taken at its ``parse_args`` call: nothing is parsed or run.
+    For docs/cli.md and the tests that hold it to the parsers."""
+    token = _capturing.set(True)
+    try:
+        parse([])
+    except _Captured as captured:
+        return captured.parser
+    finally:
+        _capturing.reset(token)
+    raise TypeError(f"{parse.__module__}.{parse.__qualname__} parsed no cli.ArgumentParser")
+
+
+def step_in_path(value: str, assign: str = " ") -> str | None:
+    """The fix for ``PATH@STEP`` given where a checkpoint's path belongs (the step has its own
+    flag), or None; ``assign``: how the command line joins a flag and its value (" " or "=").
+    A path that exists as written is left alone."""
+    head, sep, tail = value.rpartition("@")
+    if sep and head and tail.isdigit() and not os.path.exists(value):
+        return (f"{value}: the step has its own flag; write --checkpoint{assign}{head} "
+                f"--step{assign}{tail}")
+    return None
+
+
+def checkpoint_path(value: str) -> str:
+    """argparse ``type`` of ``--checkpoint``: a path (``PATH@STEP`` is one line naming
+    ``--step``)."""
+    if (fix := step_in_path(value)) is not None:
+        raise argparse.ArgumentTypeError(fix)
+    return value
 
 
 def _loop_closed(kind, value) -> bool:
@@ -102,33 +200,6 @@ def quiet_library_logs(handler: logging.Handler) -> None:
     handler.addFilter(_QuietLibraries())
 
 
-_TF_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
-
-
-def import_tensorflow() -> Any:
-    """``import tensorflow``, without the lines it prints on import that concern no user: the
-    oneDNN notice, twice, each after "All log messages before absl::InitializeLog()". Its C++
-    code writes them to the process's stderr (``TF_CPP_MIN_LOG_LEVEL`` no longer reaches them),
-    so file descriptor 2 is caught for the import and every other line is written back."""
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import tensorflow as tf
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            for line in caught.read().decode(errors="replace").splitlines(keepends=True):
-                if not any(notice in line for notice in _TF_NOTICES):
-                    sys.stderr.write(line)
-            sys.stderr.flush()
-    return tf
-
-
 def leave(status: int) -> None:
     """Flushes and exits at once. Everything is saved and waited for by now; Python's own
     teardown with XLA's, grain's and Orbax's threads still running can hang or crash after an
@@ -173,14 +244,24 @@ def run_cli(body: Callable[[], int], interrupted: str) -> int:
 # The model flags of ``inpaint`` and ``app``
 
 
+CHECKPOINT_HELP = "training workdir, its checkpoints/ folder, or a converted folder"
+
+
+def add_checkpoint_arguments(
+    parser: argparse.ArgumentParser, *, required: bool = True, help: str = CHECKPOINT_HELP,
+) -> None:
+    """``--checkpoint PATH`` and ``--step N``: how every command names a checkpoint and its
+    step (``PATH@STEP`` is not taken: one ``error:`` line names ``--step``)."""
+    parser.add_argument("--checkpoint", required=required, type=checkpoint_path,
+                        metavar="PATH", help=help)
+    parser.add_argument("--step", type=int, default=None, metavar="N",
+                        help="checkpoint step (default: the latest)")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) -> None:
     """The flags that choose the checkpoint and how a photo meets the network's size
     (``crop_margin``: the inpainter's default margin)."""
-    parser.add_argument(
-        "--checkpoint", required=True,
-        help="training workdir, its checkpoints/ folder, or a converted folder")
-    parser.add_argument(
-        "--step", type=int, default=None, help="checkpoint step to load (default: the latest)")
+    add_checkpoint_arguments(parser)
     parser.add_argument(
         "--size", type=int, default=256,
         help="network resolution for resize and crop modes: the model's training size "
@@ -193,6 +274,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, crop_margin: int) ->
         "--crop-above", type=int, default=None,
         help="auto mode: crop images whose longer side exceeds this many pixels "
         "(default: twice --size)")
+    parser.add_argument(
+        "--runtime", choices=("auto", "jax", "onnx"), default="auto",
+        help="what runs the generator: onnx (onnxruntime, the fastest on a CPU), jax (XLA), "
+        "or auto: onnx on a CPU when onnxruntime is installed, else jax (default: %(default)s)")
+
+
+def add_compilation_cache_argument(parser: argparse.ArgumentParser) -> None:
+    """``--compilation-cache PATH|off``: where compiled programs are kept between runs
+    (``isnet_jax.compilation_cache``)."""
+    from isnet_jax import compilation_cache
+
+    parser.add_argument("--compilation-cache", default=None, metavar="PATH|off",
+                        help=compilation_cache.FLAG_HELP)
 
 
 def check_model_arguments(
@@ -215,14 +309,18 @@ def generator_line(meta: Mapping[str, Any], source: Any) -> str:
 # ``--config`` and its overrides (``python -m isnet_jax.main``)
 
 
-def define_config_flag() -> flags.FlagHolder:
+def define_config_flag(
+    default: str | None = str(configs.DEMO), *, lock_config: bool = True
+) -> flags.FlagHolder:
     """``--config`` (default: the demo), whose overrides ml_collections applies to ``sys.argv``
     as the flag is defined: an override of a field the config lacks is one ``error:`` line and
     status 2."""
+    named = f"default: {pathlib.Path(default).name}" if default else "required"
     try:
         return config_flags.DEFINE_config_file(
-            "config", str(configs.DEMO), "Training configuration file (configs/*.py).",
-            lock_config=True)
+            "config", default, f"Training configuration file (configs/*.py; {named}); "
+            "--config.FIELD=VALUE overrides one of its fields (configs/default.py lists them).",
+            lock_config=lock_config)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         # ml_collections raises these for an override it cannot apply; which one is found by
         # checking each against the config's fields, not by reading the message.
@@ -263,7 +361,7 @@ def _first_line(error: Exception) -> str:
 
 def _unknown_field(argv: list[str]) -> str | None:
     """The first ``--config.FIELD`` override whose field the config lacks, in words."""
-    fields = _field_names(_load(_config_path(argv)))
+    fields = _field_names(configs.load(_config_path(argv)))
     for flag in (a.split("=", 1)[0] for a in argv if a.startswith("--config.")):
         name = flag[len("--config."):]
         if name not in fields:
@@ -271,13 +369,6 @@ def _unknown_field(argv: list[str]) -> str | None:
             hint = f"; did you mean --config.{close[0]}?" if close else ""
             return f"{flag}: the config has no such field{hint}"
     return None
-
-
-def _load(path: str):
-    spec = importlib.util.spec_from_file_location("_isnet_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 def _config_path(argv: list[str]) -> str:

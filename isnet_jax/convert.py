@@ -11,8 +11,8 @@ writes pytorch-fid's FID Inception as ``DIR/inception_fid.npz`` (what ``config.e
 may name, as may the ``.pth`` itself). Every input is read and checked before anything
 is written. No PyTorch is needed: ``isnet_jax.torch_io.pth`` reads the files.
 
-The other way, ``python -m isnet_jax.convert --export WORKDIR[@STEP] --output DIR`` writes a
-training run's (or a converted folder's) generator and discriminator as the release's
+The other way, ``python -m isnet_jax.convert --checkpoint WORKDIR [--step N] --output DIR``
+writes a training run's (or a converted folder's) generator and discriminator as the release's
 ``InpaintingModel_gen.pth`` / ``InpaintingModel_dis.pth`` (``export_official``): its keys, OIHW
 layouts and spectral-norm vectors, loadable by the release's own ``load_state_dict``.
 
@@ -283,10 +283,11 @@ def export_official(
 
 
 def export_official_checkpoint(
-    source: str, output: str | os.PathLike, *, overwrite: bool = False
+    path: str | os.PathLike, output: str | os.PathLike, *, step: int | None = None,
+    overwrite: bool = False,
 ) -> list[str]:
-    """``--export WORKDIR[@STEP]``: a training run's (or converted folder's) G and D -> .pth."""
-    path, step = checkpoint.split_step(source)
+    """``--checkpoint PATH [--step N]``: a training run's (or converted folder's) G and D (the
+    latest step unless ``step``) -> the release's .pth files."""
     g, d, meta = checkpoint.restore_models(path, step)
     if meta["generator"] != "isnet":
         raise errors.ConfigError(
@@ -395,17 +396,22 @@ def convert(
     return lines
 
 
+def _export_flag(value: str) -> dict[str, Any]:
+    """The old ``--export WORKDIR[@STEP]``, as ``--checkpoint`` and ``--step``."""
+    path, step = checkpoint.split_step(value)
+    return {"checkpoint": str(path)} if step is None else {"checkpoint": str(path), "step": step}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(
         prog="python -m isnet_jax.convert",
         description="Convert the official ISNet release's PyTorch checkpoints (and torchvision's "
         "VGG19) to an isnet_jax checkpoint folder. PyTorch is not needed.",
     )
-    parser.add_argument(
-        "--export", metavar="WORKDIR[@STEP]",
-        help="the other way: write a training run's (or converted folder's) generator and "
-        "discriminator as the release's InpaintingModel_gen.pth / InpaintingModel_dis.pth "
-        "(latest step unless @STEP)",
+    cli.add_checkpoint_arguments(
+        parser, required=False,
+        help="the other way: write this training run's (or converted folder's) generator and "
+        "discriminator as the release's InpaintingModel_gen.pth / InpaintingModel_dis.pth",
     )
     parser.add_argument("--generator", help="the release's InpaintingModel_gen.pth")
     parser.add_argument("--discriminator", help="the release's InpaintingModel_dis.pth")
@@ -415,19 +421,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="folder to write (new or empty)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a checkpoint / vgg19.npz already in --output")
+    parser.add_deprecated_alias("--export", "--checkpoint", translate=_export_flag,
+                                use="--checkpoint PATH --step N")
     args = parser.parse_args(argv)
-    if args.export is not None:
+    if args.checkpoint is not None:
         if args.generator or args.discriminator or args.vgg19 or args.inception:
-            parser.error("--export writes .pth files; it takes no --generator/--discriminator/"
-                         "--vgg19/--inception (convert those in a separate call)")
+            parser.error("--checkpoint writes .pth files; it takes no --generator/"
+                         "--discriminator/--vgg19/--inception (convert those in a separate call)")
+    elif args.step is not None:
+        parser.error("--step chooses the step of --checkpoint: give --checkpoint too")
     elif args.generator is None and args.vgg19 is None and args.inception is None:
-        parser.error("give --generator, --vgg19 and/or --inception (or --export)")
+        parser.error("give --generator, --vgg19 and/or --inception (or --checkpoint)")
     elif args.discriminator is not None and args.generator is None:
         parser.error("--discriminator is stored beside its generator: give --generator too")
 
     def body() -> int:
-        if args.export is not None:
-            lines = export_official_checkpoint(args.export, args.output, overwrite=args.overwrite)
+        if args.checkpoint is not None:
+            lines = export_official_checkpoint(args.checkpoint, args.output, step=args.step,
+                                               overwrite=args.overwrite)
         else:
             lines = convert(args.output, generator=args.generator,
                             discriminator=args.discriminator, vgg19=args.vgg19,

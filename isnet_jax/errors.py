@@ -23,3 +23,7 @@ class MissingFileError(UserError, FileNotFoundError):
 
 class OutputExistsError(UserError, FileExistsError):
     """An output the tool would replace; the fix is ``--overwrite`` or another path."""
+
+
+class MissingExtraError(UserError, ImportError):
+    """A package of an optional extra (``pip install 'isnet-jax[EXTRA]'``) that is not installed."""

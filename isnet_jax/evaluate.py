@@ -296,14 +296,13 @@ def markdown_table(
 
 
 def evaluate_checkpoint(
-    config: ml_collections.ConfigDict, workdir: str, checkpoint_arg: str | None = None
+    config: ml_collections.ConfigDict, workdir: str, checkpoint_arg: str | None = None,
+    step: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Restores the generator of a checkpoint and writes the per-band table."""
+    """Restores the generator of a checkpoint (``checkpoint_arg``, default ``workdir``; its
+    latest step unless ``step``) and writes the per-band table under ``workdir``."""
     workdir = epath.Path(workdir)
-    if checkpoint_arg and checkpoint_arg.isdigit():
-        path, step = workdir, int(checkpoint_arg)
-    else:
-        path, step = (epath.Path(checkpoint_arg) if checkpoint_arg else workdir), None
+    path = epath.Path(checkpoint_arg) if checkpoint_arg else workdir
     mesh = sharding.create_mesh(config.get("mesh"))
     # Every weight file is read and checked before the long work, and before anything is
     # written; so is the choice of baselines.

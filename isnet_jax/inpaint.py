@@ -50,7 +50,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from isnet_jax import cli, errors, images, interrupts, masks
+from isnet_jax import cli, compilation_cache, errors, images, interrupts, masks
 from isnet_jax.images import InputError, load_image
 from isnet_jax.inpainter import (
     BEYOND_TRAINING,
@@ -241,6 +241,16 @@ def _write(job: Job, result: np.ndarray, overwrite: bool, report: Report) -> Non
     report.written += 1
 
 
+def _compile_note(before: tuple[int, int]) -> str:
+    """What the time of a batch includes beyond the forward pass, since ``before``
+    (``compilation_cache.counts()``)."""
+    compiled, loaded = (now - then for now, then in zip(compilation_cache.counts(), before,
+                                                        strict=True))
+    if compiled:
+        return ", including compilation"
+    return ", including loading the compiled program" if loaded else ""
+
+
 def run(args: argparse.Namespace) -> int:
     """The command line's work; raises ``errors.UserError`` for a mistake in the command."""
     report = Report()
@@ -249,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: {report.exists} output(s) exist, {len(report.failed)} failed")
         return 1 if report.failed else 0
 
+    compilation_cache.enable(args.compilation_cache)
     inpainter = Inpainter.from_checkpoint(
         args.checkpoint,
         args.step,
@@ -256,10 +267,11 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         margin=args.crop_margin,
         crop_above=args.crop_above,
+        runtime=args.runtime,
     )
     print(f"{cli.generator_line(inpainter.meta, args.checkpoint)}; running on "
-          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)), "
-          f"{inpainter.describe()}", flush=True)
+          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)) with "
+          f"{inpainter.runtime} ({inpainter.runtime_note}), {inpainter.describe()}", flush=True)
     try:  # only now: a failed start leaves no empty folder behind
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -275,10 +287,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"{sum(map(len, buckets.values()))} image(s) in {len(batches)} batch(es){crop_note}",
           flush=True)
 
-    compiled = set()
     for index, ((mode, *shape), size, batch) in enumerate(batches, 1):
         interrupts.check_interrupted()
-        start = time.perf_counter()
+        start, before = time.perf_counter(), compilation_cache.counts()
         loaded = [(job, _load(job, inpainter, args.mask_polarity, report)) for job in batch]
         # (job, image as read, its RGB view, known): the view once per image, for both ends.
         loaded = [(job, item[0], rgb_view(item[0]), item[1])
@@ -295,30 +306,27 @@ def run(args: argparse.Namespace) -> int:
             filled = inpainter.finish(prediction, rgb, known, mode)
             _write(job, restore_layout(filled, image, known), args.overwrite,
                    report)
-        note = "" if (*shape, size) in compiled else ", including compilation"
-        compiled.add((*shape, size))
         names = ", ".join(job.image.name for job, *_ in loaded)
         print(
             f"batch {index}/{len(batches)}: {len(loaded)} image(s), {mode} mode at "
-            f"{shape[1]}x{shape[0]}, in {time.perf_counter() - start:.2f} s{note}: {names}",
+            f"{shape[1]}x{shape[0]}, in {time.perf_counter() - start:.2f} s"
+            f"{_compile_note(before)}: {names}",
             flush=True,
         )
 
     for index, job in enumerate(crops, 1):
         interrupts.check_interrupted()
-        start = time.perf_counter()
+        start, before = time.perf_counter(), compilation_cache.counts()
         item = _load(job, inpainter, args.mask_polarity, report)
         if item is None:
             continue
         done = inpainter.inpaint(*item, mode="crop")
         _write(job, done.image, args.overwrite, report)
-        new = {(*s, 1) for s in done.network_shapes} - compiled
-        compiled |= new
         shapes = sorted({f"{w}x{h}" for h, w in done.network_shapes})
         print(
             f"crop {index}/{len(crops)}: {job.image.name} ({job.shape[1]}x{job.shape[0]}), "
             f"crop mode: {len(done.windows)} crop(s) run at {', '.join(shapes)}, in "
-            f"{time.perf_counter() - start:.2f} s{', including compilation' if new else ''}",
+            f"{time.perf_counter() - start:.2f} s{_compile_note(before)}",
             flush=True,
         )
 
@@ -326,6 +334,7 @@ def run(args: argparse.Namespace) -> int:
         f"done: {report.written} written to {args.output}, {report.exists} already existed, "
         f"{len(report.failed)} failed"
     )
+    print(compilation_cache.report())
     return 1 if report.failed else 0
 
 
@@ -335,6 +344,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Fill the holes of images with an ISNet generator checkpoint.",
     )
     cli.add_model_arguments(parser, crop_margin=CROP_MARGIN)
+    cli.add_compilation_cache_argument(parser)
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument(
         "--mask",

@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from isnet_jax import checkpoint, errors
+from isnet_jax import checkpoint, errors, onnx_runtime
 from isnet_jax.models import MULTIPLE
 
 RESIZE_MODES = ("auto", "crop", "resize", "pad")
@@ -152,6 +152,10 @@ class Inpainter:
     :func:`crop_windows`), each at ``size`` px at most, and pastes its holes back; ``"auto"``
     (default) is crop when the image's longer side exceeds ``crop_above`` (default: twice
     ``size``) and pad otherwise. Known pixels are always copied from the input exactly.
+
+    ``runtime`` (``onnx_runtime.RUNTIMES``): ``"jax"`` (XLA) by default; ``"auto"`` (the
+    command lines' default) runs onnxruntime on a CPU where it can, ``"onnx"`` always. What
+    runs is ``self.runtime`` ("jax" or "onnx"), and why, ``self.runtime_note``.
     """
 
     def __init__(
@@ -162,8 +166,10 @@ class Inpainter:
         size: int = 256,
         margin: int = CROP_MARGIN,
         crop_above: int | None = None,
+        runtime: str = "jax",
     ):
         _check_mode(mode)
+        onnx_runtime.check_runtime(runtime)
         if size <= 0 or size % MULTIPLE:
             raise errors.ConfigError(
                 f"--size must be a positive multiple of {MULTIPLE}, got {size}")
@@ -175,6 +181,22 @@ class Inpainter:
         self.margin = margin
         self.crop_above = 2 * size if crop_above is None else crop_above
         self.meta: dict[str, Any] = {}
+        self._onnx, self.runtime_note = None, "XLA"
+        if runtime == "auto":
+            self.runtime_note = onnx_runtime.usable()
+            if self.runtime_note is None:
+                try:
+                    self._onnx = onnx_runtime.OnnxGenerator(generator)
+                except errors.ConfigError as e:  # not ISNet: the ONNX export has no graph
+                    self.runtime_note = str(e).split(";")[0]
+                except OSError as e:  # the cache folder cannot be written (a read-only home)
+                    self.runtime_note = f"the ONNX model could not be written: {e}"
+        elif runtime == "onnx":
+            self._onnx = onnx_runtime.OnnxGenerator(generator)
+        if self._onnx is not None:
+            self.runtime, self.runtime_note = "onnx", f"onnxruntime, {self._onnx.path}"
+        else:
+            self.runtime = "jax"
 
     @classmethod
     def from_checkpoint(
@@ -185,7 +207,7 @@ class Inpainter:
     ) -> Inpainter:
         """Loads the generator of a training workdir, its ``checkpoints/`` folder or a folder
         written by ``python -m isnet_jax.convert`` (latest step unless ``step``). ``options``
-        are the constructor's (``mode``, ``size``, ``margin``, ``crop_above``)."""
+        are the constructor's (``mode``, ``size``, ``margin``, ``crop_above``, ``runtime``)."""
         generator, meta = checkpoint.restore_generator(path, step)
         inpainter = cls(generator, **options)
         inpainter.meta = meta
@@ -220,6 +242,8 @@ class Inpainter:
     def predict(self, images: np.ndarray, known: np.ndarray) -> np.ndarray:
         """Raw generator output for a batch: float (B, H, W, 3) in [0, 1] and (B, H, W, 1)
         masks (1 = known), H and W multiples of 16. Returns float32 (B, H, W, 3)."""
+        if self._onnx is not None:
+            return self._onnx(images, known)
         out = _predict(
             self.graphdef,
             self.state,

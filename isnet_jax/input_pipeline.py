@@ -40,7 +40,7 @@ import numpy as np
 from absl import flags, logging
 from PIL import Image
 
-from isnet_jax import errors, images
+from isnet_jax import errors, extras, images
 from isnet_jax import masks as masks_lib
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
@@ -91,6 +91,14 @@ def random_crop_resize(
     return img.resize((size, size), Image.BILINEAR, box=(x, y, x + s, y + s))
 
 
+def _needs_tf() -> str:
+    """What a TFDS preparation needs beyond the default install, if it is missing: TFDS encodes
+    the images of the datasets it builds with TensorFlow (reading ArrayRecord does not)."""
+    if extras.installed("tensorflow"):
+        return ""
+    return f"; preparing needs TensorFlow: {extras.pip_install(extras.TF)}"
+
+
 # --- Sources: random-access sequences of records (a path, encoded bytes or a photo) ---------
 
 
@@ -117,7 +125,7 @@ class TfdsImages:
                 f"TFDS dataset {name!r} is not prepared in {where}: prepare it once as "
                 f'ArrayRecord with python -c "import tensorflow_datasets as tfds; '
                 f"tfds.builder('{name}', data_dir={data_dir or None!r})"
-                f".download_and_prepare(file_format='array_record')\"{detail}"
+                f".download_and_prepare(file_format='array_record')\"{detail}{_needs_tf()}"
             )
         splits = sorted(builder.info.splits)
         for part in split.split("+"):

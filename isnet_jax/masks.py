@@ -513,17 +513,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--masks", required=True, help="folder or .flist of mask images")
     p.add_argument("--output", required=True, help="folder to write <band>/ subfolders into")
     p.add_argument("--size", type=int, default=256, help="measure at this size (0 = native)")
-    p.add_argument("--polarity", type=polarity_flag, default=DEFAULT_POLARITY,
+    p.add_argument("--mask-polarity", type=polarity_flag, default=DEFAULT_POLARITY,
                    metavar="{" + ",".join(POLARITIES) + "}",
                    help="which colour the files paint the hole (default: %(default)s; see "
                    "the README's 'Mask polarity')")
     p.add_argument("--threshold", type=int, default=0, help="binarisation: white is > this")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes (default: one per CPU)")
+    p.add_deprecated_alias("--polarity", "--mask-polarity")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = os.cpu_count() or 1
 
     def body() -> int:
         counts = split(
-            args.masks, args.output, args.size, args.polarity, args.threshold, args.workers
+            args.masks, args.output, args.size, args.mask_polarity, args.threshold, args.workers
         )
         total = sum(counts.values())
         print(f"sorted {total} masks of {args.masks} into {args.output} (hole ratio at "

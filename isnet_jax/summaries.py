@@ -1,36 +1,40 @@
-"""TensorBoard summaries behind CLU's ``MetricWriter``, written to any ``etils.epath`` path.
-
-CLU's own ``SummaryWriter`` goes through TensorFlow's file system, whose GCS client has a
-fixed endpoint and different credentials handling from the rest of the run. Here tensorboardX
-encodes the events (no TensorFlow involved) and every byte of a ``gs://`` events file goes
-through ``etils.epath`` (gcsfs), like Orbax's metadata and our eval outputs: one storage
-path for the whole workdir, the same variables, the same emulator in the rehearsal.
+"""A run's scalars, images and hyperparameters: in the log and in TensorBoard event files.
 
     writer = summaries.create_writer(workdir)             # logging + TensorBoard events
     writer.write_scalars(step, {"loss": 0.5})
+    writer.flush()                                        # everything so far is stored
 
-Cloud Storage objects cannot be appended to, so a ``gs://`` events file is spooled locally
-and every flush rewrites the whole object with everything written so far: what TensorFlow's
-own GCS file does. A flush happens at the first write after ``flush_secs`` (120 s), on
-``writer.flush()`` and when the writer closes; events since the last flush are lost if the
-process is killed (as with TF's writer).
+The interface is CLU's ``MetricWriter`` (the part of it this project writes), without CLU's
+``metric_writers`` package, which imports TensorFlow on import (clu 0.0.12): TensorFlow is no
+part of the default install. ``LoggingWriter`` writes the log lines CLU's writes;
+``TensorBoardWriter`` the events, through tensorboardX (no TensorFlow involved) and
+``etils.epath``; ``Writer`` sends each call to both on a background thread, as CLU's
+``AsyncMultiWriter`` does, so encoding images and uploading to a bucket stay out of the loop.
+
+Every byte of a ``gs://`` events file goes through ``etils.epath`` (gcsfs), like Orbax's
+metadata and our eval outputs: one storage path for the whole workdir, the same variables, the
+same emulator in the rehearsal. Cloud Storage objects cannot be appended to, so a ``gs://``
+events file is spooled locally and every flush rewrites the whole object with everything
+written so far: what TensorFlow's own GCS file does. A flush happens at the first write after
+``flush_secs`` (120 s), on ``writer.flush()`` and when the writer closes; events since the
+last flush are lost if the process is killed (as with TF's writer).
 """
 
 from __future__ import annotations
 
+import abc
+import concurrent.futures
+import functools
 import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 from absl import logging
-from clu.metric_writers import interface, multi_writer
-from clu.metric_writers.async_writer import AsyncMultiWriter
-from clu.metric_writers.logging_writer import LoggingWriter
 from etils import epath
 from tensorboardX import record_writer
 from tensorboardX import summary as tbx_summary
@@ -83,25 +87,64 @@ class _BucketFactory:
 record_writer.register_writer_factory("gs", _BucketFactory())
 
 
-class TensorBoardWriter(interface.MetricWriter):
+class MetricWriter(abc.ABC):
+    """Where a run's values go. ``step`` is the training step; ``images`` are uint8 or [0, 1]
+    float arrays (N, H, W, C) or (H, W, C)."""
+
+    @abc.abstractmethod
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None: ...
+
+    @abc.abstractmethod
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
+
+    def flush(self) -> None:  # noqa: B027 - nothing buffered unless a writer says so
+        """Stores everything written so far."""
+
+    def close(self) -> None:
+        self.flush()
+
+
+class LoggingWriter(MetricWriter):
+    """INFO log lines, CLU's: ``[STEP] a=0.5, b=2``, ``[STEP] Got images: {...}.`` and
+    ``[Hyperparameters] {...}``."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        values = [f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in sorted(scalars.items())]
+        logging.info("[%d] %s", step, ", ".join(values))
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        logging.info("[%d] Got images: %s.", step,
+                     {k: np.shape(v) for k, v in images.items()})
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("[Hyperparameters] %s", hparams)
+
+    def flush(self) -> None:
+        logging.flush()
+
+
+class TensorBoardWriter(MetricWriter):
     """TensorBoard events in ``logdir`` (a local folder or ``gs://...``), via tensorboardX.
 
-    Scalars, images (N, H, W, C) or (H, W, C), texts, histograms, audio and hparams, readable
-    by ``tensorboard --logdir``: scalars as TensorBoard's classic ``simple_value``, images as
-    PNGs (N > 1: one per tag ``KEY/i``). Tags are kept exactly as given ("10-20%/psnr"), as
+    Scalars as TensorBoard's classic ``simple_value``, images (N, H, W, C) or (H, W, C) as PNGs
+    (N > 1: one per tag ``KEY/i``), hyperparameters as the hparams plugin's session start,
+    readable by ``tensorboard --logdir``. Tags are kept exactly as given ("10-20%/psnr"), as
     TensorFlow's writer keeps them; tensorboardX's own ``add_*`` would rewrite "%" to "_".
     """
 
     def __init__(self, logdir: epath.PathLike, flush_secs: float = 120) -> None:
-        super().__init__()
         self.logdir = os.fspath(epath.Path(logdir))
         record_writer.directory_check(self.logdir)
         # One events file per writer: pid and a counter keep two writers started in the
         # same second (a resume, a second eval) from overwriting each other's file.
         suffix = f".{os.getpid()}.{next(_WRITERS)}"
         # tensorboardX's synchronous events file, not its FileWriter: that one's flush()
-        # leaves events queued for its thread unwritten. The writes run on CLU's
-        # AsyncWriter thread anyway, and flush() here means everything so far is stored.
+        # leaves events queued for its thread unwritten. The writes run on Writer's thread
+        # anyway, and flush() here means everything so far is stored.
         self._events = EventsWriter(os.path.join(self.logdir, "events"), suffix)
         self._flush_secs = flush_secs
         self._flushed_at = time.monotonic()
@@ -117,10 +160,6 @@ class TensorBoardWriter(interface.MetricWriter):
         if time.monotonic() - self._flushed_at > self._flush_secs:
             self.flush()
 
-    def write_summaries(self, step: int, values: Mapping[str, Any],
-                        metadata: Mapping[str, Any] | None = None) -> None:
-        raise NotImplementedError("TensorBoardWriter writes no raw TF summaries")
-
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         for key, value in scalars.items():  # NaN too (an undefined SSIM), without a warning
             value = summary_pb2.Summary.Value(tag=key, simple_value=float(np.asarray(value)))
@@ -133,24 +172,6 @@ class TensorBoardWriter(interface.MetricWriter):
             for i, image in enumerate(batch):
                 tag = key if len(batch) == 1 else f"{key}/{i}"
                 self._add(step, tbx_summary.image(key, image, dataformats="HWC"), tag)
-
-    def write_videos(self, step: int, videos: Mapping[str, Any]) -> None:
-        logging.log_first_n(logging.WARNING, "TensorBoardWriter writes no videos.", 1)
-
-    def write_audios(self, step: int, audios: Mapping[str, Any], *, sample_rate: int) -> None:
-        for key, value in audios.items():
-            for i, clip in enumerate(np.asarray(value)):
-                self._add(step, tbx_summary.audio(key, clip, sample_rate), f"{key}/{i}")
-
-    def write_texts(self, step: int, texts: Mapping[str, str]) -> None:
-        for key, value in texts.items():
-            self._add(step, tbx_summary.text(key, value), key)
-
-    def write_histograms(self, step: int, arrays: Mapping[str, Any],
-                         num_buckets: Mapping[str, int] | None = None) -> None:
-        for key, value in arrays.items():
-            bins = (num_buckets or {}).get(key)
-            self._add(step, tbx_summary.histogram(key, np.asarray(value), "auto", bins), key)
 
     def write_hparams(self, hparams: Mapping[str, Any]) -> None:
         # The session's start only, in this run's own events file, as CLU's TF writer does:
@@ -167,12 +188,62 @@ class TensorBoardWriter(interface.MetricWriter):
         self._events.close()
 
 
+class Writer(MetricWriter):
+    """Several writers as one. Asynchronous: each call is queued for one background thread
+    and returns at once; the writers see the calls in order; ``flush()`` waits for the queue
+    and then flushes them. A background write's exception is raised by the next call (or
+    ``flush``/``close``) in the caller's thread: an unwritable bucket stops the run."""
+
+    def __init__(self, writers: Iterable[MetricWriter], *, asynchronous: bool = True) -> None:
+        self.writers = list(writers)
+        self._pool = (concurrent.futures.ThreadPoolExecutor(1, "summaries")
+                      if asynchronous else None)
+        self._pending: list[concurrent.futures.Future] = []
+
+    def _each(self, method: str, *args, **kwargs) -> None:
+        self._check(wait=False)
+        for writer in self.writers:
+            call = functools.partial(getattr(writer, method), *args, **kwargs)
+            if self._pool is None:
+                call()
+            else:
+                self._pending.append(self._pool.submit(call))
+
+    def _check(self, *, wait: bool) -> None:
+        """Raises the first failed background write's exception (all, when ``wait``)."""
+        while self._pending and (wait or self._pending[0].done()):
+            self._pending.pop(0).result()
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        self._each("write_scalars", step, dict(scalars))
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        self._each("write_images", step, dict(images))
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        self._each("write_hparams", dict(hparams))
+
+    def flush(self) -> None:
+        self._check(wait=True)
+        for writer in self.writers:
+            writer.flush()
+
+    def close(self) -> None:
+        try:
+            self._check(wait=True)
+        finally:
+            for writer in self.writers:
+                writer.close()
+            if self._pool is not None:
+                self._pool.shutdown()
+
+
 def create_writer(logdir: epath.PathLike | None, *, just_logging: bool = False,
-                  asynchronous: bool = True) -> multi_writer.MultiWriter:
-    """Logging plus TensorBoard events in ``logdir``: ``clu.metric_writers.
-    create_default_writer`` with ``TensorBoardWriter`` in place of TF's summary writer.
-    ``just_logging`` (the other hosts of a multi-host run): logging only."""
-    writers: list[interface.MetricWriter] = [LoggingWriter()]
+                  asynchronous: bool = True) -> Writer:
+    """Logging plus TensorBoard events in ``logdir`` (what CLU's ``create_default_writer``
+    makes, with ``TensorBoardWriter`` in place of TF's summary writer). ``just_logging`` (the
+    other hosts of a multi-host run): logging only."""
+    writers: list[MetricWriter] = [LoggingWriter()]
     if logdir is not None and not just_logging:
         writers.append(TensorBoardWriter(logdir))
-    return AsyncMultiWriter(writers) if asynchronous else multi_writer.MultiWriter(writers)
+    return Writer(writers, asynchronous=asynchronous)

@@ -10,6 +10,7 @@ are updated together from one forward pass (simultaneous update), data parallel 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, metrics, periodic_actions
+from clu import metrics
 from etils import epath
 from flax import nnx, traverse_util
 
@@ -34,6 +35,7 @@ from isnet_jax import (
     models,
     optim,
     preemption,
+    progress,
     sharding,
     summaries,
 )
@@ -270,7 +272,8 @@ def _log_setup(config, mesh, trainer: Trainer) -> None:
     if trainer.nets.vgg_def is None:
         logging.info("Perceptual and style losses are off (both weights are 0): VGG19 not used.")
     else:
-        logging.info("VGG19 for perceptual/style losses: %s", config.loss.vgg_weights)
+        logging.info("VGG19 for perceptual/style losses: %s", config.loss.vgg_weights
+                     or "torchvision's, from the weights cache (isnet_jax.weights)")
 
 
 def _restore_or_start(config, trainer: Trainer, mngr, train_iter) -> dict[str, Any]:
@@ -321,8 +324,8 @@ class _Loop:
             self.writer.write_hparams(
                 {k: v if isinstance(v, int | float | str | bool) else str(v)
                  for k, v in flat.items()})
-        self.progress = periodic_actions.ReportProgress(
-            num_train_steps=config.num_train_steps, writer=self.writer, every_secs=None,
+        self.progress = progress.ProgressReport(
+            num_train_steps=config.num_train_steps, writer=self.writer,
             every_steps=config.log_every_steps)
         self.evaluator = None
         if config.eval_every_steps and config.eval.num_images:
@@ -353,7 +356,7 @@ class _Loop:
         self.data_seconds, self.window_start, self.skipped_images = 0.0, time.perf_counter(), 0
         terminate = preemption.TerminationRequest()
         # Ctrl-C (one process) stops between steps: a step cut in half has donated its state.
-        with metric_writers.ensure_flushes(self.writer), terminate, interrupts.ctrl_c_deferred(
+        with contextlib.closing(self.writer), terminate, interrupts.ctrl_c_deferred(
                 jax.process_count() == 1):
             while self.step < config.num_train_steps:
                 interrupts.check_interrupted()
@@ -390,7 +393,7 @@ class _Loop:
     def _next_batch(self, terminate) -> tuple[jax.Array, jax.Array] | None:
         start = time.perf_counter()
         try:
-            with self.progress.timed("data", wait_jax_async_dispatch=False):
+            with self.progress.timed("data"):
                 batch = next(self.train_iter)
         except Exception:
             # Ctrl-C in a terminal and a SIGTERM to the whole process group (SLURM does that)

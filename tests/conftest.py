@@ -14,14 +14,27 @@ import uuid
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-GOLDEN = REPO.parent / "shared" / "golden"
+# The release's reference data, in the repository (tests/data/README.md says what and how made).
+DATA = REPO / "tests" / "data"
+GOLDEN = DATA / "golden"
 GOLDEN_ARCHIVE = GOLDEN / "official_blocks2_64px.tar.xz"
 TRAIN_GOLDEN_ARCHIVE = GOLDEN / "train_blocks2_64px.tar.xz"
+RELEASE_GENERATOR_KEYS = DATA / "reference" / "official_generator_keys.tsv"
+
+
+def data_file(path: pathlib.Path) -> pathlib.Path:
+    """``path``, a file of tests/data; a missing one is an error, never a skip: the parity
+    tests are the evidence for the README's compatibility claim, and the data ships with them."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: it is part of the repository (tests/data/"
+                                "README.md); restore it with `git checkout -- tests/data`")
+    return path
 
 
 def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
-    stat = archive.stat()
-    tag = hashlib.sha1(f"{archive.name}-{stat.st_size}-{stat.st_mtime_ns}".encode()).hexdigest()
+    # Named by content, not by path or mtime: every clone and worktree on a machine shares
+    # one unpacked copy (the official archive unpacks to about 180 MB).
+    tag = hashlib.sha1(archive.read_bytes()).hexdigest()
     target = pathlib.Path(tempfile.gettempdir()) / f"isnet_jax_golden_{tag[:12]}"
     if not (target / marker).exists():
         # Unpack beside the target and rename: parallel test workers never see half a folder.
@@ -36,26 +49,20 @@ def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
 
 
 def _golden(archive: pathlib.Path, marker: str) -> pathlib.Path:
-    if not archive.exists():
-        pytest.skip(f"golden vectors not found at {archive}: release-parity test skipped")
-    return _unpacked(archive, marker)
+    return _unpacked(data_file(archive), marker)
 
 
 @pytest.fixture(scope="session")
 def golden_dir() -> pathlib.Path:
-    """Folder with golden.npz, golden.json and the release-format .pth files.
-
-    Skips (saying why) when ../shared/golden is not beside the checkout.
-    """
+    """Folder with golden.npz, golden.json and the release-format .pth files, unpacked from
+    tests/data/golden/official_blocks2_64px.tar.xz."""
     return _golden(GOLDEN_ARCHIVE, "golden.json")
 
 
 @pytest.fixture(scope="session")
 def train_golden_dir() -> pathlib.Path:
-    """Folder with train_golden.npz / .json: three steps of the release's training step.
-
-    Skips (saying why) when ../shared/golden is not beside the checkout.
-    """
+    """Folder with train_golden.npz / .json: three steps of the release's training step, unpacked
+    from tests/data/golden/train_blocks2_64px.tar.xz."""
     return _golden(TRAIN_GOLDEN_ARCHIVE, "train_golden.json")
 
 
@@ -93,6 +100,15 @@ def tiny_tfds(tmp_path_factory) -> str:
     return tiny_dataset.prepare(tmp_path_factory.mktemp("tfds"))
 
 
+@pytest.fixture(scope="session")
+def vgg19_file(tmp_path_factory) -> pathlib.Path:
+    """A random VGG19 with torchvision's shapes (about 80 MB), made once per session: the
+    stand-in for torchvision's file (``isnet_jax.rehearse.weights_server``)."""
+    from isnet_jax.rehearse import weights_server
+
+    return weights_server.write_vgg19(tmp_path_factory.mktemp("vgg19") / "vgg19-random.pth")
+
+
 @pytest.fixture
 def gs_dir(gcs, request) -> str:
     """A fresh ``gs://`` folder of the session's emulated bucket, one per test."""
@@ -105,6 +121,11 @@ def pytest_configure(config):
     # TensorFlow (which cannot reach the emulated bucket of the gcs fixture) or gcsfs: decide
     # before any test touches a path. Local paths are the same either way.
     os.environ.setdefault("EPATH_USE_TF", "false")
+    # Weight files are never downloaded from their publishers, nor read from the user's cache:
+    # tests that fetch serve stand-ins (isnet_jax/rehearse/weights_server.py).
+    from isnet_jax.rehearse import weights_server
+
+    weights_server.keep_offline()
     # Tests build the same tiny networks in several places (and subprocesses): a persistent
     # compilation cache turns every repeat compile into a load.
     import jax
@@ -114,6 +135,8 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    # What the commands keep between runs (compilation_cache.py) stays out of ~/.cache.
+    os.environ.setdefault("ISNET_JAX_CACHE", str(cache.parent / "isnet_jax_test_cache"))
 
 
 # The command-line form of a tiny run (with --config.num_train_steps): the same programs in every

@@ -3,13 +3,13 @@ block counts and remat, and the one-to-one mapping of their leaves onto the rele
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import RELEASE_GENERATOR_KEYS, data_file
 from flax import nnx
 
 from isnet_jax import errors, models
@@ -31,8 +31,6 @@ CLASSES = {"basemodel": models.BaseModel, "basemodel_ff": models.BaseModelFF,
 # The UNet's middle block is two 3x3 512->512 convs with biases: 2 * (9 * 512^2 + 512).
 PARAMS_PER_BLOCK = {"basemodel": 1_622_016, "basemodel_ff": 1_622_016, "unet": 4_719_616}
 SIZE = 32  # the smallest size all three take (BaseModel needs multiples of 16, UNet of 8)
-KEY_LISTING = (pathlib.Path(__file__).resolve().parents[2] / "shared" / "reference"
-               / "official_generator_keys.tsv")
 
 
 def _build(name: str, dtype: jnp.dtype = jnp.float32) -> nnx.Module:
@@ -247,10 +245,8 @@ def test_torch_key_map_covers_every_leaf(name):
 def test_two_stream_keys_are_the_release_isnet_keys_less_its_subpixel_convs(name):
     """The release's ablation files build their stem and stages with the same module names as
     its ISNet (RFFNet); only the sub-pixel up convs (``fuse_layers.0.1``) are gone."""
-    if not KEY_LISTING.exists():
-        pytest.skip(f"release key listing not found at {KEY_LISTING}")
-    isnet = {line.split("\t")[0] for line in KEY_LISTING.read_text().splitlines()
-             if line.startswith(("layer1.", "stage"))}
+    listing = data_file(RELEASE_GENERATOR_KEYS).read_text().splitlines()
+    isnet = {line.split("\t")[0] for line in listing if line.startswith(("layer1.", "stage"))}
     ours = {key for key in torch_keys(name, nnx.eval_shape(
         lambda: CLASSES[name](rngs=nnx.Rngs(0)))).values() if not key.startswith("final_layer")}
     assert ours == {key for key in isnet if ".fuse_layers.0.1." not in key}

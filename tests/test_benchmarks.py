@@ -225,7 +225,7 @@ def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
     """`python -m isnet_jax.benchmarks.inpaint` on a 200x150 photo with the tiny checkpoint."""
     cmd = [
         sys.executable, "-m", "isnet_jax.benchmarks.inpaint", "--width=200", "--height=150",
-        f"--checkpoint={tiny_checkpoint}", "--size=32", "--margin=8", "--repeats=1",
+        f"--checkpoint={tiny_checkpoint}", "--size=32", "--crop-margin=8", "--repeats=1",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -20,6 +20,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import RELEASE_GENERATOR_KEYS, data_file
 from flax import nnx
 
 from isnet_jax import checkpoint, cli, convert, errors
@@ -27,7 +28,6 @@ from isnet_jax.models import count_params
 from isnet_jax.torch_io import pth
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-KEY_LISTING = REPO.parent / "shared" / "reference" / "official_generator_keys.tsv"
 MARKER = pathlib.Path("/tmp/pwned_marker_xyz")
 
 
@@ -133,7 +133,7 @@ def test_reader_matches_the_reference_key_listing(gen_checkpoint):
     assert isinstance(gen_checkpoint["epoch"], int)
     sd = gen_checkpoint["generator"]
     expected = {}
-    for line in KEY_LISTING.read_text().splitlines():
+    for line in data_file(RELEASE_GENERATOR_KEYS).read_text().splitlines():
         if line.startswith("#"):
             continue
         key, shape = line.split("\t")

@@ -141,7 +141,7 @@ def test_tflite_runs_in_litert_at_two_fixed_sizes(release_checkpoint, cases, tmp
     folders = [exported(release_checkpoint, tmp_path, "tflite", batch=2, height=64, width=64)]
     out = tmp_path / "cli"
     assert export_cli.main(["--checkpoint", str(release_checkpoint), "--format", "tflite",
-                     "--output", str(out), "--batch", "2", "--height", "32",
+                     "--output", str(out), "--batch-size", "2", "--height", "32",
                      "--width", "48"]) == 0
     assert f"wrote {out / 'inpaint.tflite'}" in capsys.readouterr().out
     folders.append(out)
@@ -191,7 +191,7 @@ def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, ca
     (["--format", "onnx"], "no Orbax checkpoint found at"),
     (["--format", "pdf"], "invalid choice: 'pdf'"),
     (["--format", "tflite", "--height", "100"], "--height must be a positive multiple of 16"),
-    (["--format", "stablehlo", "--batch", "0"], "--batch must be at least 1"),
+    (["--format", "stablehlo", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--format", "stablehlo", "EXISTS"], "exists; pass --overwrite"),
 ])
 def test_mistakes_are_one_line_status_2_and_write_nothing(tiny_checkpoint, tmp_path, capsys,

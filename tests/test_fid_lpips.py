@@ -480,8 +480,8 @@ def test_speed_benchmark_runs_in_a_tiny_mode():
 
     from conftest import REPO
 
-    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.fid_lpips", "--size=32", "--batch=1",
-           "--batches=1", "--fid_images=5", "--fid_dims=64", "--lpips", "alex"]
+    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.fid_lpips", "--size=32", "--batch-size=1",
+           "--batches=1", "--fid-images=5", "--fid-dims=64", "--lpips", "alex"]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])

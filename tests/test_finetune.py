@@ -1,5 +1,5 @@
 """Fine-tuning from the official weights (``config.init_from``) and the way back to the release's
-``.pth`` format (``python -m isnet_jax.convert --export``)."""
+``.pth`` format (``python -m isnet_jax.convert --checkpoint``)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_finetune_export_reimport(official, golden_dir, tmp_path, caplog):
 
     exported = tmp_path / "exported"
     out = subprocess.run(
-        [sys.executable, "-m", "isnet_jax.convert", "--export", f"{workdir}@2",
+        [sys.executable, "-m", "isnet_jax.convert", "--checkpoint", str(workdir), "--step", "2",
          "--output", str(exported)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )

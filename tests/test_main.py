@@ -132,13 +132,29 @@ def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_missing_vgg_weights_stop_with_instructions(tmp_path):
-    out = _run(
-        f"--workdir={tmp_path}", *_TINY, "--config.loss.perceptual_weight=0.1",
-        "--config.loss.style_weight=250",
-    )
+    """VGG on, no vgg_weights, an empty cache and the publisher unreachable: one line naming
+    the file, its URL and where to put it by hand."""
+    from isnet_jax import weights
+    from isnet_jax.rehearse.weights_server import serve, write_table
+
+    stand_in = tmp_path / "vgg19-stand-in.pth"
+    stand_in.write_bytes(b"never served")
+    with serve({"vgg19": stand_in}) as server:
+        table = write_table(tmp_path / "table.json", server, {"vgg19": stand_in})
+    cache, workdir = tmp_path / "cache", tmp_path / "run"
+    out = subprocess.run(
+        [sys.executable, "-m", "isnet_jax.main", f"--workdir={workdir}", *_TINY,
+         "--config.loss.perceptual_weight=0.1", "--config.loss.style_weight=250"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, **{weights.CACHE_VARIABLE: str(cache),
+                                weights.TABLE_VARIABLE: str(table)}))
     assert out.returncode == 2, out.stderr[-3000:]
-    assert "python -m isnet_jax.convert --vgg19" in out.stderr
-    assert "Traceback" not in out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert errors[0].startswith(
+        f"error: cannot download vgg19-dcbb9e9d.pth from {server.url('vgg19-dcbb9e9d.pth')} (")
+    assert f"put it at {cache / 'vgg19-dcbb9e9d.pth'}" in errors[0]
+    assert not workdir.exists() and not any(p.is_file() for p in cache.rglob("*"))
 
 
 @pytest.mark.parametrize("args, says", [
@@ -200,7 +216,7 @@ def test_a_damaged_checkpoint_is_named_and_skipped(tmp_path, caplog):
     assert "Traceback" not in out.stderr and "exception" not in out.stderr, out.stderr[-3000:]
     assert (workdir / "eval" / "step_2" / "results.json").exists()
 
-    out = _run(f"--workdir={workdir}", "--mode=eval", "--checkpoint=4", *_TINY)
+    out = _run(f"--workdir={workdir}", "--mode=eval", "--step=4", *_TINY)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     line = [x for x in out.stderr.splitlines() if x.startswith("error:")]
     assert len(line) == 1 and "step 4" in line[0] and "steps [2] are there too" in line[0]

@@ -246,10 +246,10 @@ def test_split_cli_names_an_unreadable_mask_and_a_bad_polarity(tmp_path, capsys)
     assert len(lines) == 1 and lines[0].startswith(f"error: cannot read mask {broken}: "), lines
     assert lines[0].endswith("; replace the file, or open and save it again in an image editor")
     with pytest.raises(SystemExit) as caught:
-        masks.main([*args, "--polarity", "hole-white"])
+        masks.main([*args, "--mask-polarity", "hole-white"])
     assert caught.value.code == cli.EXIT_USER_ERROR
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: argument --polarity: unknown mask polarity 'hole-white': write hole_white "
+        "error: argument --mask-polarity: unknown mask polarity 'hole-white': write hole_white "
         "(hole_black (black = hole, white = known) or hole_white (white = hole)); see "
         "python -m isnet_jax.masks split --help"]
 

@@ -146,4 +146,4 @@ if __name__ == "__main__":
     from absl import app
 
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=train_step.parse_flags)

@@ -2,7 +2,7 @@
 peak memory of one inpainting forward, same run, alternating.
 
     python -m isnet_jax.benchmarks.export [--sizes 256,512] [--rounds 5] [--threads 2]
-        [--blocks 4 | --checkpoint CKPT] [--torch-python /tmp/torchenv/bin/python]
+        [--blocks 4 | --checkpoint PATH] [--torch-python /tmp/torchenv/bin/python]
 
 The model is ISNet with ``--blocks`` (default 4, the released model) and random weights, or a
 ``--checkpoint``: the speed does not depend on the weights. It is exported once per format
@@ -26,7 +26,6 @@ all alike. Reported: the median forward, its ratio to jax's, and each process's 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pathlib
@@ -36,6 +35,8 @@ import sys
 import tempfile
 import time
 from typing import Any
+
+from isnet_jax import cli, errors, extras
 
 RUNTIMES = ("jax", "stablehlo", "savedmodel", "tflite", "onnx", "torch")
 _PEER = pathlib.Path(__file__).resolve().parents[3] / "shared" / "peer" / "torch_isnet.py"
@@ -229,18 +230,21 @@ def table(results: list[dict], runtimes: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m isnet_jax.benchmarks.export",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="256,512")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--checkpoint", default=None)
+    parser = cli.ArgumentParser(prog="python -m isnet_jax.benchmarks.export",
+                                description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="256,512",
+                        help="comma-separated image sizes (square), each a multiple of 16")
+    parser.add_argument("--rounds", type=int, default=5, help="timed forwards per runtime")
+    parser.add_argument("--threads", type=int, default=2, help="CPUs (and threads) per runtime")
+    parser.add_argument("--blocks", type=int, default=4, help="ISNet blocks (random weights)")
+    parser.add_argument("--checkpoint", default=None, type=cli.checkpoint_path, metavar="PATH",
+                        help="a checkpoint (its latest step) instead of --blocks")
     parser.add_argument("--runtimes", default=",".join(RUNTIMES[:-1]),
                         help="comma-separated, from " + ", ".join(RUNTIMES))
     parser.add_argument("--torch-python", default=None,
                         help="python of an environment with torch: adds the torch row")
-    parser.add_argument("--peer", type=pathlib.Path, default=_PEER)
+    parser.add_argument("--peer", type=pathlib.Path, default=_PEER,
+                        help="the PyTorch yardstick torch_isnet.py")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.runtimes = [r for r in args.runtimes.split(",") if r]
@@ -251,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--runtimes: jax and any of {', '.join(RUNTIMES)}; got {args.runtimes}")
     if "torch" in args.runtimes and not args.torch_python:
         parser.error("the torch row needs --torch-python (an environment with torch)")
+    if {"savedmodel", "tflite"} & set(args.runtimes):
+        try:
+            extras.require_tensorflow("the savedmodel and tflite rows")
+        except errors.MissingExtraError as e:
+            parser.error(f"{e}; or leave them out: --runtimes jax,stablehlo,onnx")
 
     with tempfile.TemporaryDirectory(prefix="isnet_export_bench_") as tmp:
         source, paths = prepare(args, pathlib.Path(tmp))

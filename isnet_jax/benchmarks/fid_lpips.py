@@ -1,18 +1,17 @@
 """What FID and LPIPS add to ``--mode=eval``: seconds per 100 images of one band.
 
-    python -m isnet_jax.benchmarks.fid_lpips --size=256 --batch=8 --batches=4
+    python -m isnet_jax.benchmarks.fid_lpips --size=256 --batch-size=8 --batches=4
 
 Times, after compilation, what the evaluation runs per batch with both metrics on: the FID
 Inception on the composite and on the mean-colour fill (and once, in the first band, on the
 ground truth), and LPIPS' backbone on the composite, the fill and the ground truth, for
 ``--lpips=alex`` and ``vgg``; then the Fréchet distance of 2048-d statistics from
-``--fid_images`` images, both ``fid.METHODS``. Weights are random (they do not change the speed).
+``--fid-images`` images, both ``fid.METHODS``. Weights are random (they do not change the speed).
 Progress goes to stdout in words; the last line is one JSON object.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from isnet_jax import cli
 from isnet_jax.evaluators import fid, lpips
 
 
@@ -54,24 +54,30 @@ def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m isnet_jax.benchmarks.fid_lpips")
+    parser = cli.ArgumentParser(prog="python -m isnet_jax.benchmarks.fid_lpips",
+                                description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=256, help="eval image size (pixels)")
-    parser.add_argument("--batch", type=int, default=8, help="eval batch (config.eval.batch_size)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="eval batch (config.eval.batch_size)")
     parser.add_argument("--batches", type=int, default=3, help="timed batches (median)")
-    parser.add_argument("--fid_images", type=int, default=100, help="images behind each FID")
-    parser.add_argument("--fid_dims", type=int, default=fid.FEATURES,
+    parser.add_argument("--fid-images", type=int, default=100, help="images behind each FID")
+    parser.add_argument("--fid-dims", type=int, default=fid.FEATURES,
                         help="feature dimensions of the Fréchet distance (Inception: 2048)")
-    parser.add_argument("--lpips", nargs="+", default=list(lpips.NETS), choices=lpips.NETS)
+    parser.add_argument("--lpips", nargs="+", default=list(lpips.NETS), choices=lpips.NETS,
+                        help="LPIPS backbones to time")
+    for old, new in (("--batch", "--batch-size"), ("--fid_images", "--fid-images"),
+                     ("--fid_dims", "--fid-dims")):
+        parser.add_deprecated_alias(old, new)
     args = parser.parse_args(argv)
 
-    per_100 = 100.0 / args.batch
+    per_100 = 100.0 / args.batch_size
     rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.random((args.batch, args.size, args.size, 3), np.float32))
+    images = jnp.asarray(rng.random((args.batch_size, args.size, args.size, 3), np.float32))
     record: dict = {
         "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-        "cpu_count": os.cpu_count(), "size": args.size, "batch": args.batch,
+        "cpu_count": os.cpu_count(), "size": args.size, "batch": args.batch_size,
     }
-    print(f"{args.batch} images of {args.size}x{args.size} per batch on "
+    print(f"{args.batch_size} images of {args.size}x{args.size} per batch on "
           f"{record['device']} ({record['cpu_count']} CPUs)", flush=True)
 
     inception = _random(lambda: fid.InceptionV3(rngs=nnx.Rngs(0)))

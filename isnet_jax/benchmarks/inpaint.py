@@ -1,7 +1,7 @@
 """Inpainting a photo-sized image in each resize mode: seconds and peak memory.
 
     python -m isnet_jax.benchmarks.inpaint [--width 4000 --height 3000 --hole 0.03]
-        [--modes crop,resize,pad] [--blocks 4 | --checkpoint CKPT] [--repeats 2]
+        [--resize-modes crop,resize,pad] [--blocks 4 | --checkpoint PATH] [--repeats 2]
 
 The photo is scikit-image's astronaut scaled to ``--width`` x ``--height``; the hole is three
 separate brush strokes whose width is chosen to cover ``--hole`` of it (the line says what it
@@ -28,6 +28,8 @@ import time
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from isnet_jax import cli
 
 MODES = ("crop", "resize", "pad")
 
@@ -77,7 +79,7 @@ def run_mode(args: argparse.Namespace) -> dict:
     from isnet_jax.inpainter import Inpainter
 
     inpainter = Inpainter.from_checkpoint(
-        args.checkpoint, size=args.size, margin=args.margin
+        args.checkpoint, size=args.size, margin=args.crop_margin
     )
     meta = inpainter.meta
     model = args.model_label or (
@@ -164,24 +166,30 @@ def _run_child(argv: list[str], mode: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = cli.ArgumentParser(
+        prog="python -m isnet_jax.benchmarks.inpaint", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--width", type=int, default=4000)
-    parser.add_argument("--height", type=int, default=3000)
+    parser.add_argument("--width", type=int, default=4000, help="photo width in pixels")
+    parser.add_argument("--height", type=int, default=3000, help="photo height in pixels")
     parser.add_argument("--hole", type=float, default=0.03, help="hole fraction to aim for")
-    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes to run")
+    parser.add_argument("--resize-modes", default=",".join(MODES),
+                        help="comma-separated resize modes to time")
     parser.add_argument("--blocks", type=int, default=4, help="ISNet blocks (random weights)")
-    parser.add_argument("--checkpoint", default="", help="a checkpoint instead of --blocks")
+    parser.add_argument("--checkpoint", default="", type=cli.checkpoint_path, metavar="PATH",
+                        help="a checkpoint (its latest step) instead of --blocks")
     parser.add_argument("--size", type=int, default=256, help="training size: crop/resize run at")
-    parser.add_argument("--margin", type=int, default=128, help="crop mode's margin")
+    parser.add_argument("--crop-margin", type=int, default=128, help="crop mode's margin")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls after the first")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--model-label", default="", help=argparse.SUPPRESS)
+    parser.add_deprecated_alias("--modes", "--resize-modes")
+    parser.add_deprecated_alias("--margin", "--crop-margin")
     args = parser.parse_args(argv)
-    unknown = set(args.modes.split(",")) - set(MODES)
+    unknown = set(args.resize_modes.split(",")) - set(MODES)
     if unknown:
-        parser.error(f"unknown mode(s) {', '.join(sorted(unknown))}; choose from {MODES}")
+        parser.error(f"unknown resize mode(s) {', '.join(sorted(unknown))}; choose from "
+                     f"{','.join(MODES)}")
     return args
 
 
@@ -192,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     argv = list(sys.argv[1:] if argv is None else argv)
     print(
-        f"{args.width}x{args.height} photo, ~{100 * args.hole:g} % hole, modes {args.modes}, "
+        f"{args.width}x{args.height} photo, ~{100 * args.hole:g} % hole, resize modes "
+        f"{args.resize_modes}, "
         f"{os.cpu_count()} CPUs; each mode in its own process",
         flush=True,
     )
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 "--model-label",
                 f"ISNet blocks={args.blocks}, random weights",
             ]
-        results = [_run_child(argv, mode) for mode in args.modes.split(",")]
+        results = [_run_child(argv, mode) for mode in args.resize_modes.split(",")]
     print(
         f"model: {results[0]['model']}, on {results[0]['platform']}; hole "
         f"{100 * results[0]['hole']:.2f} %"

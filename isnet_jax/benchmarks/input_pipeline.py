@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from isnet_jax import input_pipeline, masks
+from isnet_jax import cli, input_pipeline, masks
 
 
 def make_fake_images(
@@ -72,15 +72,16 @@ def benchmark_config(args: argparse.Namespace) -> ml_collections.ConfigDict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = cli.ArgumentParser(
+        prog="python -m isnet_jax.benchmarks.input_pipeline", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--images", required=True, help="folder of training images")
     parser.add_argument("--masks", default="", help="folder of masks ('' = procedural masks)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time to measure for")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--size", type=int, default=256, help="image size")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per batch")
     parser.add_argument("--num-workers", type=int, default=2, help="grain worker processes")
     parser.add_argument("--read-threads", type=int, default=1, help="decode threads per worker")
     parser.add_argument(

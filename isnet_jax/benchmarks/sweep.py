@@ -21,11 +21,10 @@ import jax
 from absl import app, flags, logging
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 
-from isnet_jax import checkpoint, evaluate, masks, sharding, train
+from isnet_jax import checkpoint, cli, evaluate, masks, sharding, train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_CONFIG = cli.define_config_flag(None)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (resumed if it holds a run).")
 _EVAL_STEPS = flags.DEFINE_list("eval_steps", ["200"], "Steps whose checkpoints are evaluated.")
 _EVAL_IMAGES = flags.DEFINE_integer("eval_images", 64, "Held-out images per band.")
@@ -94,4 +93,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags(lambda: _CONFIG))

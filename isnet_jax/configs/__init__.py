@@ -6,6 +6,17 @@ go wrong is the command line's (``isnet_jax.cli.define_config_flag``).
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 
+import ml_collections
+
 DEMO = pathlib.Path(__file__).resolve().parent / "demo.py"
+
+
+def load(path: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config that ``--config=path`` gives, without the flag (the file's ``get_config()``)."""
+    spec = importlib.util.spec_from_file_location("_isnet_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

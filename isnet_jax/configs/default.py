@@ -38,13 +38,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.feature_matching_weight = 10.0
     config.loss.perceptual_weight = 0.1
     config.loss.style_weight = 250.0
-    # VGG19 weights for the perceptual and style losses: torchvision's vgg19 .pth
-    # (vgg19-dcbb9e9d.pth) or the .npz written by `python -m isnet_jax.convert --vgg19`.
     # The demo's phase-in of G's adversarial and feature-matching terms (train.gan_ramp): their
     # weights are 0 before gan_start_step, then rise to the values above over gan_ramp_steps.
     # 0 and 0: on from the first step, as the release.
     config.loss.gan_start_step = 0
     config.loss.gan_ramp_steps = 0
+    # VGG19 weights for the perceptual and style losses. "" (or "vgg19"): torchvision's ImageNet
+    # VGG19 (vgg19-dcbb9e9d.pth), fetched, checked and converted on first use into the weights
+    # cache ($ISNET_JAX_CACHE, default ~/.cache/isnet_jax; a gs:// folder serves a pod). Or a
+    # path: that .pth, or the .npz (or its folder) `python -m isnet_jax.convert --vgg19` writes.
     config.loss.vgg_weights = ""
     config.loss.vgg_normalization = "none"  # the release feeds [0, 1] RGB unnormalised
 
@@ -120,15 +122,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.mask_seed = 0  # deterministic evaluation masks per hole-ratio band
     config.eval.mask_path = ""  # a mask set to draw evaluation masks from ("" = procedural)
     config.eval.num_images_final = -1  # --mode=eval: -1 = the whole split
-    # --mode=eval: FID and LPIPS per band, each computed only when its weight files are named.
-    # FID: pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or the folder / .npz written by
-    # `python -m isnet_jax.convert --inception`. fid_method: "sqrtm" (scipy.linalg.sqrtm, as
-    # pytorch-fid) or "eigh" (the same trace by symmetric eigendecompositions, several times
-    # faster).
+    # --mode=eval: FID and LPIPS per band, each computed only when switched on here.
+    # FID: "inception" fetches pytorch-fid's pt_inception-2015-12-05-6726825d.pth into the
+    # weights cache (as vgg_weights above) on first use; or a path: that .pth, or the folder /
+    # .npz written by `python -m isnet_jax.convert --inception`. fid_method: "sqrtm"
+    # (scipy.linalg.sqrtm, as pytorch-fid) or "eigh" (the same trace by symmetric
+    # eigendecompositions, several times faster).
     config.eval.fid_weights = ""
     config.eval.fid_method = "sqrtm"
-    # LPIPS v0.1: torchvision's alexnet-owt-7be5be79.pth or vgg16-397923af.pth and lpips'
-    # weights/v0.1/alex.pth or vgg.pth. lpips_net "alex" | "vgg" ("" = the backbone file's).
+    # LPIPS v0.1: lpips_net "alex" or "vgg" alone fetches torchvision's alexnet-owt-7be5be79.pth
+    # or vgg16-397923af.pth and lpips' weights/v0.1/alex.pth or vgg.pth into the weights cache.
+    # Or both paths (known names work too: "alexnet", "vgg16", "lpips_alex", "lpips_vgg");
+    # lpips_net "" then reads the net from the backbone file.
     config.eval.lpips_net = ""
     config.eval.lpips_backbone_weights = ""
     config.eval.lpips_lin_weights = ""

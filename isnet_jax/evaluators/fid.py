@@ -247,7 +247,9 @@ class InceptionV3(nnx.Module):
         ``errors.MissingFileError`` or ``PthError`` (naming the file) for anything else."""
         path = torch_weights.weights_file(
             path, NPZ_FILE, f"FID Inception weights not found at {{path}}: give pytorch-fid's "
-            f"{WEIGHTS_FILE} or the {NPZ_FILE} that `{_CONVERT_HINT}` writes")
+            f"{WEIGHTS_FILE} or the {NPZ_FILE} that `{_CONVERT_HINT}` writes, or set "
+            "config.eval.fid_weights=inception to fetch it into the weights cache "
+            "($ISNET_JAX_CACHE, default ~/.cache/isnet_jax)")
         model = nnx.eval_shape(lambda: cls(dtype=dtype, rngs=nnx.Rngs(0)))
         if torch_weights.is_npz(path):
             torch_weights.load_npz(model, path, _NPZ_FORMAT,
@@ -274,6 +276,11 @@ class InceptionV3(nnx.Module):
     def save(self, path: str | os.PathLike) -> pathlib.Path:
         """Writes the weights as our ``.npz`` (what ``from_weights`` and the eval also read)."""
         return torch_weights.save_npz(self, path, _NPZ_FORMAT)
+
+
+def convert_pytorch_fid(source: str | os.PathLike, target: str | os.PathLike) -> pathlib.Path:
+    """pytorch-fid's ``.pth`` as our ``.npz`` at ``target`` (``convert --inception``'s)."""
+    return InceptionV3.from_weights(source).save(target)
 
 
 def feature_fn(model: InceptionV3) -> Callable[[jax.Array], jax.Array]:

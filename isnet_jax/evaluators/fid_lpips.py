@@ -26,21 +26,26 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from isnet_jax import errors, sharding
+from isnet_jax import errors, sharding, weights
 from isnet_jax.evaluators import fid, lpips
 from isnet_jax.torch_io.torch_weights import describe, read_state_dict
 
 BASELINE = "mean_fill/"  # as evaluate.BASELINE (kept here to avoid a circular import)
 
 ENABLE_FID = (
-    "set config.eval.fid_weights to pytorch-fid's pt_inception-2015-12-05-6726825d.pth (or "
-    "the folder `python -m isnet_jax.convert --inception PATH --output DIR` writes)"
+    "set config.eval.fid_weights=inception (pytorch-fid's weights, fetched into the weights "
+    "cache on first use) or to a path of pt_inception-2015-12-05-6726825d.pth (or of the folder "
+    "`python -m isnet_jax.convert --inception PATH --output DIR` writes)"
 )
 ENABLE_LPIPS = (
-    "set config.eval.lpips_backbone_weights to torchvision's alexnet-owt-7be5be79.pth or "
-    "vgg16-397923af.pth and config.eval.lpips_lin_weights to lpips' weights/v0.1/alex.pth or "
-    "vgg.pth"
+    "set config.eval.lpips_net=alex or vgg (torchvision's backbone and lpips' linear layers, "
+    "fetched into the weights cache on first use), or config.eval.lpips_backbone_weights to "
+    "alexnet-owt-7be5be79.pth or vgg16-397923af.pth and config.eval.lpips_lin_weights to lpips' "
+    "weights/v0.1/alex.pth or vgg.pth"
 )
+# What config.eval.lpips_net alone fetches (isnet_jax.weights' names): backbone, linear layers.
+_LPIPS_FILES = {"alex": ("alexnet", "lpips_alex"), "vgg": ("vgg16", "lpips_vgg"),
+                "vgg16": ("vgg16", "lpips_vgg")}
 
 
 def _config_error(field: str, error: errors.UserError) -> errors.UserError:
@@ -49,20 +54,45 @@ def _config_error(field: str, error: errors.UserError) -> errors.UserError:
 
 
 def load_inception(path: str) -> fid.InceptionV3:
+    """From ``config.eval.fid_weights``: a path, or a known name ("inception") fetched."""
     try:
-        return fid.InceptionV3.from_weights(os.path.expanduser(path))
+        path = weights.resolve(path, "inception", fid.convert_pytorch_fid)
+        with weights.local_copy(path) as local:
+            return fid.InceptionV3.from_weights(os.path.expanduser(local))
     except errors.UserError as e:
         raise _config_error("fid_weights", e) from None
 
 
 def load_lpips(net: str, backbone: str, lin: str) -> lpips.LPIPS:
+    """From ``config.eval.lpips_*``: both paths (or known names), or ``net`` alone, whose
+    backbone and linear layers are fetched into the weights cache."""
+    if not (backbone or lin):
+        if net not in _LPIPS_FILES:
+            raise errors.ConfigError(
+                f"config.eval.lpips_net must be one of {', '.join(lpips.NETS)}, got {net!r}")
+        try:
+            backbone, lin = (weights.fetch(name) for name in _LPIPS_FILES[net])
+        except errors.UserError as e:
+            raise _config_error("lpips_net", e) from None
     if not (backbone and lin):
         given, missing = (("lpips_backbone_weights", "lpips_lin_weights") if backbone
                           else ("lpips_lin_weights", "lpips_backbone_weights"))
         raise errors.ConfigError(
             f"config.eval.{given} is set but config.eval.{missing} is not: LPIPS needs both the "
-            "backbone and lpips' linear layers")
-    backbone, lin = os.path.expanduser(backbone), os.path.expanduser(lin)
+            "backbone and lpips' linear layers (or leave both empty and set config.eval.lpips_net "
+            "to fetch them)")
+    paths = {}
+    for field, value in (("lpips_backbone_weights", backbone), ("lpips_lin_weights", lin)):
+        try:
+            paths[field] = weights.resolve(value, "")  # a known name is fetched, a path kept
+        except errors.UserError as e:
+            raise _config_error(field, e) from None
+    with weights.local_copy(paths["lpips_backbone_weights"]) as backbone, \
+            weights.local_copy(paths["lpips_lin_weights"]) as lin:
+        return _load_lpips(net, os.path.expanduser(backbone), os.path.expanduser(lin))
+
+
+def _load_lpips(net: str, backbone: str, lin: str) -> lpips.LPIPS:
     if not net:  # the backbone file says which network it is
         try:
             found = describe(read_state_dict(backbone, "an LPIPS backbone"))
@@ -121,7 +151,7 @@ class PerceptualMetrics:
         ev = config.eval
         inception = load_inception(ev.fid_weights) if ev.get("fid_weights") else None
         model = None
-        if ev.get("lpips_backbone_weights") or ev.get("lpips_lin_weights"):
+        if ev.get("lpips_net") or ev.get("lpips_backbone_weights") or ev.get("lpips_lin_weights"):
             model = load_lpips(ev.get("lpips_net", ""), ev.get("lpips_backbone_weights", ""),
                                ev.get("lpips_lin_weights", ""))
         return cls(mesh, inception, model, ev.get("fid_method", "sqrtm"),

@@ -13,10 +13,9 @@ import io
 import jax
 import jax.experimental.multihost_utils
 import numpy as np
-from clu import metric_writers
 from etils import epath
 
-from isnet_jax import masks
+from isnet_jax import masks, summaries
 
 OUTLINE = (1.0, 0.0, 0.9)  # magenta: rare in photographs
 GUTTER = 2  # pixels of white between panels and rows
@@ -79,7 +78,7 @@ def sample_grid(image, mask, pred, max_rows: int = 4) -> np.ndarray:
 
 
 def write_samples(
-    writer: metric_writers.MetricWriter, workdir: epath.Path, step: int, image, mask, pred
+    writer: summaries.MetricWriter, workdir: epath.Path, step: int, image, mask, pred
 ) -> None:
     """Gathers the global batch from every process; process 0 writes the grid as
     ``samples/step_XXXXXXXX.png`` and to TensorBoard (``samples``)."""

@@ -1,7 +1,7 @@
 """``python -m isnet_jax.export``: write a checkpoint's generator as a deployable model.
 
     python -m isnet_jax.export --checkpoint CKPT --format stablehlo|savedmodel|tflite|onnx \\
-        --output DIR [--batch N] [--height H] [--width W] [--step S] [--overwrite]
+        --output DIR [--batch-size N] [--height H] [--width W] [--step N] [--overwrite]
 
 See ``isnet_jax.export`` for what the exported function computes and README's "Deploy" for
 running each format. A mistake in the command (a missing checkpoint, an unknown format, a size
@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from isnet_jax import cli
+from isnet_jax import cli, extras
 from isnet_jax.export import core
 from isnet_jax.models import MULTIPLE
 
@@ -27,16 +27,13 @@ def parse_args(argv: Sequence[str] | None = None):
         description="Export a generator checkpoint's inpainting step (image, mask -> "
         "composite) as StableHLO, a TF SavedModel, TFLite or ONNX.",
     )
-    parser.add_argument("--checkpoint", required=True,
-                        help="training workdir, its checkpoints/ folder, or a converted folder")
-    parser.add_argument("--step", type=int, default=None,
-                        help="checkpoint step to export (default: the latest)")
+    cli.add_checkpoint_arguments(parser)
     parser.add_argument("--format", required=True, choices=core.FORMATS,
                         help="what to write: stablehlo (jax.export), savedmodel (TF Serving), "
                         "tflite (fixed shape), onnx (onnxruntime)")
     parser.add_argument("--output", required=True, type=pathlib.Path,
                         help="folder to create for the exported model and export.json")
-    parser.add_argument("--batch", type=int, default=None,
+    parser.add_argument("--batch-size", type=int, default=None,
                         help="fix the batch size (default: dynamic; tflite: "
                         f"{core.FIXED_DEFAULT.batch})")
     parser.add_argument("--height", type=int, default=None,
@@ -47,14 +44,22 @@ def parse_args(argv: Sequence[str] | None = None):
                         f"tflite: {core.FIXED_DEFAULT.width})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --output folder")
-    return parser.parse_args(argv)
+    parser.add_deprecated_alias("--batch", "--batch-size")
+    cli.add_compilation_cache_argument(parser)
+    args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
 
 
 def run(args) -> int:
-    shape = core.shape_for(args.format, core.Shape(args.batch, args.height, args.width))
+    shape = core.shape_for(args.format, core.Shape(args.batch_size, args.height, args.width))
     core.check_output(args.output, args.overwrite)
-    from isnet_jax import checkpoint
+    if args.format in ("savedmodel", "tflite"):  # before the checkpoint's restore
+        extras.require_tensorflow(f"--format {args.format}")
+    from isnet_jax import checkpoint, compilation_cache
 
+    compilation_cache.enable(args.compilation_cache)
     checkpoint.resolve(args.checkpoint, args.step)  # a wrong path: one line, before any other
     generator, meta = checkpoint.restore_generator(args.checkpoint, args.step)
     print(f"{cli.generator_line(meta, args.checkpoint)}; exporting {args.format}, input shape "
@@ -67,6 +72,7 @@ def run(args) -> int:
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     print(f"wrote {folder / core.MODEL_FILES[args.format]} and {core.META_FILE} "
           f"({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s", flush=True)
+    print(compilation_cache.report(), flush=True)
     return 0
 
 

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from isnet_jax import masks
+from isnet_jax import extras, masks
 from isnet_jax.export import core
 from isnet_jax.models import MULTIPLE
 
@@ -38,9 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's start-up chatter, not
 
 
 def _tf():
-    import tensorflow as tf
-
-    return tf
+    return extras.import_tensorflow("the savedmodel and tflite exports")
 
 
 def _polymorphic(shape: core.Shape, channels: int) -> str:

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from isnet_jax import errors
+from isnet_jax import errors, weights
 from isnet_jax.models import registry
 from isnet_jax.models.discriminator import Discriminator
 from isnet_jax.models.layers import init_weights
-from isnet_jax.models.vgg import VGG19, load_vgg19
+from isnet_jax.models.vgg import VGG19, convert_torchvision, load_vgg19
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
@@ -51,16 +51,11 @@ def abstract_networks(config: ml_collections.ConfigDict) -> tuple[nnx.Module, nn
 
 
 def load_vgg(config: ml_collections.ConfigDict) -> VGG19:
-    """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``: missing
-    weights stop the run rather than silently giving random VGG features."""
-    path = config.loss.vgg_weights
-    if not path:
-        raise errors.MissingFileError(
-            "the perceptual and style losses need ImageNet VGG19 weights, and "
-            "config.loss.vgg_weights is empty. Get torchvision's vgg19-dcbb9e9d.pth, convert it "
-            "with `python -m isnet_jax.convert --vgg19 vgg19-dcbb9e9d.pth --output DIR` and pass "
-            "--config.loss.vgg_weights=DIR/vgg19.npz (or set both loss weights to 0 to train "
-            "without them)."
-        )
-    return load_vgg19(path, normalization=config.loss.vgg_normalization,
-                      dtype=compute_dtype(config))
+    """VGG19 for the perceptual and style losses, from ``config.loss.vgg_weights``: a path, or
+    "" / "vgg19" for torchvision's ImageNet VGG19, fetched into the weights cache on first use
+    (``isnet_jax.weights``; in a run of several processes, process 0 downloads). Missing or
+    wrong weights stop the run rather than silently giving random VGG features."""
+    path = weights.resolve(config.loss.vgg_weights, "vgg19", convert_torchvision)
+    with weights.local_copy(path) as local:
+        return load_vgg19(local, normalization=config.loss.vgg_normalization,
+                          dtype=compute_dtype(config))

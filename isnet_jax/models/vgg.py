@@ -165,6 +165,13 @@ def save_vgg19(vgg: VGG19, path: str | os.PathLike) -> pathlib.Path:
     return torch_weights.save_npz(vgg, path, _VGG_FORMAT, _npz_variables(vgg))
 
 
+def convert_torchvision(
+    source: str | os.PathLike, target: str | os.PathLike
+) -> pathlib.Path:
+    """torchvision's VGG19 ``.pth`` as our ``.npz`` at ``target`` (``convert --vgg19``'s)."""
+    return save_vgg19(load_torchvision_vgg19(source), target)
+
+
 def load_vgg19(
     path: str | os.PathLike, normalization: str = "none", dtype: jnp.dtype = jnp.float32
 ) -> VGG19:
@@ -173,9 +180,10 @@ def load_vgg19(
     name. Raises ``errors.MissingFileError`` (saying how to make the file) when it does not
     exist."""
     path = torch_weights.weights_file(
-        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Get torchvision's "
-        f"vgg19-dcbb9e9d.pth, run `{_CONVERT_HINT}` and point config.loss.vgg_weights at "
-        f"DIR/{VGG_FILE}")
+        path, VGG_FILE, f"VGG19 weights not found at {{path}}. Leave config.loss.vgg_weights "
+        f"empty (or set it to vgg19) to fetch torchvision's vgg19-dcbb9e9d.pth into the weights "
+        f"cache ($ISNET_JAX_CACHE, default ~/.cache/isnet_jax), or run `{_CONVERT_HINT}` and "
+        f"point config.loss.vgg_weights at DIR/{VGG_FILE}")
     if not torch_weights.is_npz(path):
         return load_torchvision_vgg19(path, normalization=normalization, dtype=dtype)
     vgg = _abstract(normalization, dtype)

@@ -57,6 +57,9 @@ MODELS: dict[str, dict[str, Any]] = {
     "tiny": {"image_size": 32, "model.init": "release", "model.init_scale": 0.001},
     "demo": {},
 }
+# A config from configs/ (--config) at a size these CPUs train in minutes: its own model and
+# losses (4 blocks, VGG on), at 64 px on the bundled photos in place of its dataset.
+CONFIG_SIZES: dict[str, Any] = {"image_size": 64, "data.source": "skimage"}
 _COMMON = {
     "batch_size": 8, "log_every_steps": 1, "image_every_steps": 0, "eval_every_steps": 0,
     "checkpoint_every_steps": 2, "max_checkpoints_to_keep": 20,
@@ -204,8 +207,13 @@ class Rehearsal:
     hosts: int = 4
     devices: int = 2
     model: str = "tiny"
+    # A config file (``configs/places2.py``) to rehearse instead of the demo's: trained at
+    # ``CONFIG_SIZES``, with VGG19 fetched on first use from ``weights`` (``env``).
+    config: str = ""
     steps: int = 8
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # config.data overrides
+    # More variables for every host (the stand-in weights' table and the shared cache).
+    extra_env: dict[str, str] = dataclasses.field(default_factory=dict)
     timeout: float = 900  # a whole run of the hosts
     _reference: str | None = None
 
@@ -217,12 +225,12 @@ class Rehearsal:
                 "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
                 "JAX_COMPILATION_CACHE_DIR": cache,
                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", **self.extra_env}
 
     def overrides(self, **more: Any) -> dict[str, Any]:
         data = {f"data.{k}": v for k, v in self.data.items()}
-        sizes = dict(MODELS[self.model])
-        if self.model == "tiny":
+        sizes = dict(CONFIG_SIZES if self.config else MODELS[self.model])
+        if self.model == "tiny" or self.config:
             # One image per device: on CPU the step is compute-bound (a global batch of 8 takes
             # 3 s a step on 2 hosts x 2 devices of 2 cores, 4 images half that), and nothing the
             # scenarios check depends on the batch size.
@@ -230,7 +238,8 @@ class Rehearsal:
         return {**_COMMON, **sizes, "num_train_steps": self.steps, **data, **more}
 
     def flags(self, **more: Any) -> list[str]:
-        return [f"--config.{k}={v}" for k, v in self.overrides(**more).items()]
+        config = [f"--config={self.config}"] if self.config else []
+        return config + [f"--config.{k}={v}" for k, v in self.overrides(**more).items()]
 
     def workdir(self, name: str) -> str:
         return self.bucket.path(f"{name}-{os.getpid()}-{time.time_ns() % 10**9}")
@@ -292,7 +301,7 @@ def exact(r: Rehearsal) -> str:
     check = subprocess.run(
         [sys.executable, "-c", "import sys; from isnet_jax.rehearse import scenarios; "
          "scenarios.single_process_check(*sys.argv[1:])",
-         workdir, json.dumps(r.overrides()), str(r.hosts), str(step)],
+         workdir, r.config, json.dumps(r.overrides()), str(r.hosts), str(step)],
         cwd=_REPO, capture_output=True, text=True, timeout=r.timeout,
         env={**os.environ, **r.env,
              "XLA_FLAGS": f"--xla_force_host_platform_device_count={r.hosts * r.devices}"})
@@ -306,18 +315,19 @@ def exact(r: Rehearsal) -> str:
             f"process: eval PSNR {result['eval_psnr']:.1f} dB, inpaint ok")
 
 
-def single_process_check(workdir: str, overrides: str, hosts: str, step: str) -> None:
+def single_process_check(workdir: str, config_file: str, overrides: str, hosts: str,
+                         step: str) -> None:
     """(Run in a process with hosts x devices CPU devices.) Trains ``step`` steps in one process
     on the global batches that ``hosts`` hosts read, compares with the hosts' checkpoint of that
-    step, and restores their latest checkpoint for ``--mode=eval`` and inpainting. Prints JSON."""
+    step, and restores their latest checkpoint for ``--mode=eval`` and inpainting. Prints JSON.
+    ``config_file``: the hosts' ``--config`` ("" for the demo's)."""
     import jax
     import numpy as np
 
-    from isnet_jax import checkpoint, evaluate, input_pipeline, sharding, train
-    from isnet_jax.configs import demo
+    from isnet_jax import checkpoint, configs, evaluate, input_pipeline, sharding, train
     from isnet_jax.inpainter import Inpainter
 
-    config = demo.get_config()
+    config = configs.load(config_file or str(configs.DEMO))
     config.update_from_flattened_dict(json.loads(overrides))
     hosts, step = int(hosts), int(step)
     trainer = train.Trainer(config, sharding.create_mesh(config.mesh))
@@ -533,6 +543,22 @@ def bucket(name: str = "rehearsal") -> Iterator[Any]:
         yield emulator
 
 
+@contextlib.contextmanager
+def standin_weights(emulator: Any, folder: pathlib.Path) -> Iterator[dict[str, str]]:
+    """A local stand-in for VGG19's publisher (a random VGG19 in torchvision's layout) and a
+    weights cache in the bucket: the variables that point every host at both. The hosts fetch
+    VGG19 as a paper run does on first use: process 0 downloads, converts and writes the
+    ``gs://`` cache, the others read it."""
+    from isnet_jax import weights
+    from isnet_jax.rehearse import weights_server
+
+    vgg = weights_server.write_vgg19(folder / "vgg19-standin.pth")
+    with weights_server.serve({"vgg19": vgg}) as server:
+        table = weights_server.write_table(folder / "weights-table.json", server, {"vgg19": vgg})
+        yield {weights.TABLE_VARIABLE: str(table),
+               weights.CACHE_VARIABLE: emulator.path("weights-cache")}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from isnet_jax import cli
 
@@ -551,6 +577,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="CPU devices per process (default 2: 4 x 2 is a v4-16)")
     parser.add_argument("--model", choices=sorted(MODELS), default="demo",
                         help="demo: configs/demo.py's model (default); tiny: 32 px, as the tests")
+    parser.add_argument("--config", default="",
+                        help="rehearse this config file instead of the demo's, e.g. "
+                        "configs/places2.py: its model and losses (VGG19 from a local stand-in "
+                        "of its publisher, through a gs:// weights cache every host reads) at "
+                        "64 px on the bundled photos; --model is then ignored")
     parser.add_argument("--steps", type=int, default=8, help="training steps per run (default 8)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of {','.join(SCENARIOS)} (default all)")
@@ -562,6 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown scenario(s) {','.join(unknown)}: choose from {','.join(SCENARIOS)}")
     if args.hosts < 2 or args.devices < 1 or args.steps < 6:
         parser.error("need --hosts >= 2, --devices >= 1 and --steps >= 6")
+    if args.config and not pathlib.Path(args.config).is_file():
+        parser.error(f"--config {args.config}: no such file (e.g. configs/places2.py)")
     return args
 
 
@@ -569,7 +602,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logdir = pathlib.Path(args.logs or tempfile.mkdtemp(prefix="isnet_rehearsal_"))
     logdir.mkdir(parents=True, exist_ok=True)
-    print(f"Rehearsal: {args.hosts} hosts x {args.devices} CPU devices, {args.model} model, "
+    what = (f"{args.config} at {CONFIG_SIZES['image_size']} px" if args.config
+            else f"{args.model} model")
+    print(f"Rehearsal: {args.hosts} hosts x {args.devices} CPU devices, {what}, "
           f"{args.steps} steps a run; host logs in {logdir}", flush=True)
     failed = 0
 
@@ -578,11 +613,15 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        with bucket() as emulator:
+        with contextlib.ExitStack() as stack:
+            emulator = stack.enter_context(bucket())
             print(f"Bucket: gs://{emulator.bucket} on {emulator.url} "
                   "(gcp-storage-emulator)", flush=True)
             r = Rehearsal(emulator, logdir, hosts=args.hosts, devices=args.devices,
-                          model=args.model, steps=args.steps)
+                          model=args.model, config=args.config, steps=args.steps)
+            if args.config:
+                weights = stack.enter_context(standin_weights(emulator, logdir))
+                r.extra_env.update(weights)
             for name in args.scenarios.split(","):
                 verdict = run_scenario(r, name)
                 failed += not verdict.ok

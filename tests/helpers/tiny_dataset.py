@@ -3,7 +3,8 @@
 ``isnet_tiny_photos`` is shaped like ``places365_small``: an ``image`` feature of JPEGs and
 the splits train / validation / test. Its images are crops of random place and size of
 scikit-image's bundled photographs (no download), of varied sizes (40-96 px a side), so the
-pipeline decodes, crops and resizes them as it would Places2's.
+pipeline decodes, crops and resizes them as it would Places2's. Building it needs no
+TensorFlow (a real dataset's ``tfds build`` does: the ``tf`` extra).
 
     from helpers import tiny_dataset
     data_dir = tiny_dataset.prepare("/tmp/tfds")      # ArrayRecord, in a few seconds
@@ -16,6 +17,7 @@ its files in ``data_dir`` as it would Places2's, which is what the pipeline does
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -63,7 +65,11 @@ class IsnetTinyPhotos(tfds.core.GeneratorBasedBuilder):
             y = int(rng.integers(0, photo.shape[0] - crop_h + 1))
             x = int(rng.integers(0, photo.shape[1] - crop_w + 1))
             crop = Image.fromarray(photo[y:y + crop_h, x:x + crop_w]).resize((w, h))
-            yield f"{split}_{i}", {"image": np.asarray(crop)}
+            # Encoded here (by PIL, at TensorFlow's encode_jpeg quality): TFDS would encode an
+            # array with TensorFlow, which is no part of the default install.
+            jpeg = io.BytesIO()
+            crop.save(jpeg, format="JPEG", quality=95)
+            yield f"{split}_{i}", {"image": jpeg.getvalue()}
 
 
 def prepare(data_dir: str | os.PathLike) -> str:
