@@ -20,8 +20,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import RELEASE_GENERATOR_KEYS, data_file
 from flax import nnx
+from helpers.paths import RELEASE_GENERATOR_KEYS, data_file
 
 from isnet_jax import checkpoint, cli, convert, errors
 from isnet_jax.models import count_params

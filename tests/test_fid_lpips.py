@@ -378,7 +378,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.paths import REPO
 
     from isnet_jax import convert as convert_module
 
@@ -414,7 +414,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
 
 
 def _eval_config(**fields):
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
 
     return tiny_config(**{f"eval.{k}": v for k, v in fields.items()})
 
@@ -478,7 +478,7 @@ def test_speed_benchmark_runs_in_a_tiny_mode():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.paths import REPO
 
     cmd = [sys.executable, "-m", "isnet_jax.benchmarks.fid_lpips", "--size=32", "--batch-size=1",
            "--batches=1", "--fid-images=5", "--fid-dims=64", "--lpips", "alex"]

@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_FLAGS, start_until, tiny_config
 from fid_lpips_weights import write_weight_files
+from helpers.paths import REPO
+from helpers.processes import start_until
+from helpers.tiny import TINY_FLAGS, tiny_config
 
 from isnet_jax import checkpoint, train
 

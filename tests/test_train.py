@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, step_distance, tiny_config
 from flax import nnx
+from helpers.paths import REPO
+from helpers.states import step_distance
+from helpers.tiny import tiny_config
 
 from isnet_jax import checkpoint, losses, train
 
@@ -117,7 +119,8 @@ _SHARDED = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from conftest import step_distance, tiny_config
+    from helpers.states import step_distance
+    from helpers.tiny import tiny_config
     from isnet_jax import sharding, train
 
     assert jax.device_count() == 8, jax.devices()
@@ -237,7 +240,7 @@ _SIGTERM_RUN = textwrap.dedent(
     import sys
     from absl import logging
     sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
     from isnet_jax import train
 
     if __name__ == "__main__":  # grain's workers are spawned and import this file

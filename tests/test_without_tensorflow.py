@@ -18,7 +18,8 @@ import urllib.request
 import numpy as np
 import portpicker
 import pytest
-from conftest import REPO, TINY_FLAGS
+from helpers.paths import REPO
+from helpers.tiny import TINY_FLAGS
 from PIL import Image
 
 from isnet_jax import extras, progress

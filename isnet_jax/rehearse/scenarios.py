@@ -365,7 +365,7 @@ def relative_distance(x: Any, y: Any) -> float:
 
 def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms
-    (as ``tests/conftest.step_distance``): the worst array's relative distance of Adam's first
+    (as ``tests/helpers/states.step_distance``): the worst array's relative distance of Adam's first
     moments (``g_grad``, ``d_grad``) and the share of parameter elements more than
     ``learning_rate / 100`` apart (Adam moves an element with a near-zero gradient by up to
     ``2 * lr`` on a rounding-level change, so a few may)."""
