@@ -32,8 +32,8 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
+from helpers.fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 
 from isnet_jax import cli, errors
 from isnet_jax.evaluators import fid, lpips
@@ -42,7 +42,7 @@ from isnet_jax.torch_io import pth
 
 @pytest.fixture(scope="session")
 def weight_files(tmp_path_factory) -> dict[str, pathlib.Path]:
-    from fid_lpips_weights import write_weight_files
+    from helpers.fid_lpips_weights import write_weight_files
 
     return write_weight_files(tmp_path_factory.mktemp("fid_lpips_weights"))
 

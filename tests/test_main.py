@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from fid_lpips_weights import write_weight_files
+from helpers.fid_lpips_weights import write_weight_files
 from helpers.paths import REPO
 from helpers.processes import start_until
 from helpers.tiny import TINY_FLAGS, tiny_config

@@ -412,7 +412,7 @@ def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfd
 def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, tiny_checkpoint):
     """``--mode=eval`` with ``fid_weights=inception`` and ``lpips_net=alex``, no paths: their
     files are fetched once, and the table has the FID and LPIPS rows."""
-    from fid_lpips_weights import write_weight_files
+    from helpers.fid_lpips_weights import write_weight_files
     from helpers.tiny import TINY_FLAGS
 
     published = write_weight_files(tmp_path / "published")
