@@ -73,7 +73,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert "| PSNR, mean-colour fill |" in (workdir / "eval" / "step_4" / "table.md").read_text()
     assert 0.0 < results["bands"]["10-20"]["mean_fill/psnr"] < 100.0
     assert "mean-colour fill: PSNR" in out.stderr
-    # So do OpenCV's Telea and Navier-Stokes (tests/test_classical.py checks their values).
+    # So do OpenCV's Telea and Navier-Stokes (evaluators/test_classical.py checks them).
     for row in ("| PSNR, OpenCV Telea |", "| SSIM, OpenCV Navier-Stokes |"):
         assert row in out.stdout
     assert 0.0 < results["bands"]["all"]["telea/psnr"] < 100.0

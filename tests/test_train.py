@@ -166,7 +166,7 @@ def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)
     # Two steps: the second step's gradients are taken at parameters that may differ in the
-    # few ill-conditioned elements step_distance describes (see tests/test_rehearse.py).
+    # few ill-conditioned elements step_distance describes (see tests/rehearse/test_rehearse.py).
     assert result["g_grad"] < 1e-2 and result["d_grad"] < 5e-2, result
     assert result["spectral"] < 1e-4 and result["loss_rel"] < 1e-5, result
     assert result["param_outliers"] < 1e-4, result

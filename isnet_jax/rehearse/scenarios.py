@@ -20,7 +20,7 @@ Storage emulator (``gcs_emulator``), and the things that happen to such runs:
                 --config.data.resume_position=False it trains on
 
 Each scenario prints one line (``PASS``/``FAIL``, its seconds, what it saw). Every process and
-port it starts is stopped at the end, also on Ctrl-C. The tests (``tests/test_rehearse.py``)
+port it starts is stopped at the end, also on Ctrl-C. The tests (``rehearse/test_rehearse.py``)
 run these same functions on a tiny model.
 """
 
