@@ -1,4 +1,5 @@
-"""Shared fixtures: the release's golden vectors, unpacked once per machine."""
+"""The tests' fixtures and pytest hooks only; what tests share that is not a fixture is in
+``tests/helpers/`` (paths, tiny configs, state distances, processes, test data)."""
 
 from __future__ import annotations
 
@@ -12,23 +13,7 @@ import tempfile
 import uuid
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-# The release's reference data, in the repository (tests/data/README.md says what and how made).
-DATA = REPO / "tests" / "data"
-GOLDEN = DATA / "golden"
-GOLDEN_ARCHIVE = GOLDEN / "official_blocks2_64px.tar.xz"
-TRAIN_GOLDEN_ARCHIVE = GOLDEN / "train_blocks2_64px.tar.xz"
-RELEASE_GENERATOR_KEYS = DATA / "reference" / "official_generator_keys.tsv"
-
-
-def data_file(path: pathlib.Path) -> pathlib.Path:
-    """``path``, a file of tests/data; a missing one is an error, never a skip: the parity
-    tests are the evidence for the README's compatibility claim, and the data ships with them."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: it is part of the repository (tests/data/"
-                                "README.md); restore it with `git checkout -- tests/data`")
-    return path
+from helpers.paths import GOLDEN_ARCHIVE, TRAIN_GOLDEN_ARCHIVE, data_file
 
 
 def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
@@ -137,93 +122,6 @@ def pytest_configure(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     # What the commands keep between runs (compilation_cache.py) stays out of ~/.cache.
     os.environ.setdefault("ISNET_JAX_CACHE", str(cache.parent / "isnet_jax_test_cache"))
-
-
-# The command-line form of a tiny run (with --config.num_train_steps): the same programs in every
-# test that starts one, so the compilation cache serves them all.
-TINY_FLAGS = [
-    "--config.image_size=32",
-    "--config.batch_size=2",
-    "--config.log_every_steps=2",
-    "--config.image_every_steps=4",
-    "--config.checkpoint_every_steps=2",
-    "--config.eval_every_steps=4",
-    "--config.eval.num_images=4",
-    "--config.eval.batch_size=2",
-]
-
-
-def tiny_config(**overrides):
-    """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG, and
-    the release's recipe (init, Adam, G's adversarial and feature-matching terms) in place of
-    the demo's, so that the step's tests see every term."""
-    from isnet_jax.configs import default, demo
-
-    config = demo.get_config()
-    release = default.get_config()
-    settings = {key: release[key] for key in ("model.init", "model.init_scale", "beta1",
-                                              "loss.adversarial_weight",
-                                              "loss.feature_matching_weight")}
-    settings.update(image_size=32, batch_size=2, num_train_steps=4, log_every_steps=2,
-                    image_every_steps=0, checkpoint_every_steps=2, eval_every_steps=0)
-    settings.update({"data.num_workers": 0, "data.skimage_num_images": 64})
-    # The demo's schedule (a 50-step warm-up, cosine) would leave 4 steps at lr ~0: the steps'
-    # tests keep the constant 2e-4 they were written for.
-    settings.update(learning_rate=2e-4, lr_schedule="constant", warmup_steps=0)
-    config.update_from_flattened_dict({**settings, **overrides})
-    return config
-
-
-def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
-    """How far apart two training states are after the same steps, in well-conditioned terms.
-
-    ``g_grad`` / ``d_grad`` and ``param_outliers`` are ``rehearse.scenarios.state_distance``'s
-    (the worst array's ``||a - b|| / ||a||`` over Adam's first moments; the share of parameter
-    elements more than ``learning_rate / 100`` apart, since Adam moves an element with a
-    near-zero gradient by up to ``2 * lr`` on a rounding-level change). ``spectral``: the worst
-    relative distance of the power-iteration vectors. D's loss is a difference of two means that
-    nearly cancel from the release's initialisation, so float32 rounding alone moves D's
-    gradients by up to about 1e-2 (ISNET_REFERENCE.md).
-    """
-    from isnet_jax.rehearse import scenarios
-
-    result = scenarios.state_distance(a, b, learning_rate)
-    result["spectral"] = max(scenarios.relative_distance(a[k], b[k])
-                             for k in ("g_spectral", "d_spectral"))
-    return result
-
-
-def start_until(cmd: list[str], marker: str, sig: int, *, timeout: float = 600,
-                whole_group: bool = False, **kwargs):
-    """Starts ``cmd`` (its own process group), waits for ``marker`` in its output, sends it
-    ``sig`` (to its whole process group if ``whole_group``, as a terminal's Ctrl-C goes) and
-    waits for the end. Returns ``(process, whole output)``; nothing of the command
-    outlives this (data workers included)."""
-    import signal
-    import subprocess
-    import time
-
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"), **kwargs)
-    log = []
-    deadline = time.monotonic() + timeout
-    try:
-        for line in proc.stdout:
-            log.append(line)
-            if marker in line or time.monotonic() > deadline:
-                break
-        if whole_group:
-            os.killpg(proc.pid, sig)
-        else:
-            proc.send_signal(sig)
-        rest, _ = proc.communicate(timeout=300)
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    return proc, "".join(log) + rest
 
 
 def pytest_collection_modifyitems(items):

@@ -15,7 +15,7 @@ import threading
 
 import numpy as np
 import pytest
-from browser import AppProcess, Page, chrome, missing_browser
+from helpers.browser import AppProcess, Page, chrome, missing_browser
 from PIL import Image
 
 from isnet_jax import cli, masks

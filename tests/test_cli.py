@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
 from helpers.cli_docs import docs
+from helpers.paths import REPO
 
 from isnet_jax import cli
 

@@ -10,8 +10,8 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from conftest import REPO
 from helpers.cli_docs import docs
+from helpers.paths import REPO
 
 DOC = REPO / "docs" / "cli.md"
 FIX = "docs/cli.md is out of date: run python tools/make_cli_docs.py"

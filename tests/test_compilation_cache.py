@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 from PIL import Image
 
 from isnet_jax import compilation_cache

@@ -11,8 +11,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_config
 from flax import nnx
+from helpers.tiny import tiny_config
 
 from isnet_jax import checkpoint, convert, evaluate, export, masks, sharding, train
 from isnet_jax.evaluators import metrics, sheets

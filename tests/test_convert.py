@@ -20,8 +20,8 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import RELEASE_GENERATOR_KEYS, data_file
 from flax import nnx
+from helpers.paths import RELEASE_GENERATOR_KEYS, data_file
 
 from isnet_jax import checkpoint, cli, convert, errors
 from isnet_jax.models import count_params
@@ -222,7 +222,7 @@ def test_reader_refuses_hostile_pickles(tmp_path, func, name):
 
 
 def test_reader_names_a_broken_legacy_file(tmp_path):
-    # The pre-1.6 format is read (tests/test_fid_lpips.py checks it against torch's own files);
+    # The pre-1.6 format is read (evaluators/test_fid_lpips.py checks it against torch's own files);
     # one that breaks off after its magic number is reported as corrupt, not sent to torch.
     path = tmp_path / "old.pth"
     path.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + b"rest of an old file")

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import REPO
+from helpers.paths import REPO
 
 from isnet_jax import cli
 

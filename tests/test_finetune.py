@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, tiny_config
 from flax import nnx
+from helpers.paths import REPO
+from helpers.tiny import tiny_config
 
 from isnet_jax import checkpoint, convert, train
 from isnet_jax.torch_io import pth

@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import start_until
+from helpers.processes import start_until
 from PIL import Image
 
 from isnet_jax import checkpoint, cli, inpaint

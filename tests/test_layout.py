@@ -144,7 +144,10 @@ def test_a_wheel_installs_only_isnet_jax_and_runs_the_demo_from_anywhere(tmp_pat
     with zipfile.ZipFile(wheel) as archive:
         top = {name.split("/")[0] for name in archive.namelist()}
         assert "isnet_jax/configs/demo.py" in archive.namelist()
+        shipped = {pathlib.PurePath(n).stem for n in archive.namelist() if n.endswith(".py")}
     assert top == {"isnet_jax", wheel.name.split("-py")[0] + ".dist-info"}, top
+    # Test fixtures and bug reproductions live in tests/ and tools/, not in the wheel.
+    assert not shipped & {"tiny_dataset", "jax2onnx_repro", "conftest"}, shipped
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)

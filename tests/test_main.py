@@ -8,8 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, TINY_FLAGS, start_until, tiny_config
-from fid_lpips_weights import write_weight_files
+from helpers.fid_lpips_weights import write_weight_files
+from helpers.paths import REPO
+from helpers.processes import start_until
+from helpers.tiny import TINY_FLAGS, tiny_config
 
 from isnet_jax import checkpoint, train
 
@@ -71,7 +73,7 @@ def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_pat
     assert "| PSNR, mean-colour fill |" in (workdir / "eval" / "step_4" / "table.md").read_text()
     assert 0.0 < results["bands"]["10-20"]["mean_fill/psnr"] < 100.0
     assert "mean-colour fill: PSNR" in out.stderr
-    # So do OpenCV's Telea and Navier-Stokes (tests/test_classical.py checks their values).
+    # So do OpenCV's Telea and Navier-Stokes (evaluators/test_classical.py checks them).
     for row in ("| PSNR, OpenCV Telea |", "| SSIM, OpenCV Navier-Stokes |"):
         assert row in out.stdout
     assert 0.0 < results["bands"]["all"]["telea/psnr"] < 100.0

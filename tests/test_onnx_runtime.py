@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 from PIL import Image
 
 from isnet_jax import convert, onnx_runtime

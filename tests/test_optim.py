@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers.tiny import tiny_config
 
 from isnet_jax import errors, optim
 

@@ -16,8 +16,8 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO
-from fid_lpips_weights import write_weight_files
+from helpers.fid_lpips_weights import write_weight_files
+from helpers.paths import REPO
 from PIL import Image
 from skimage import data
 

@@ -14,8 +14,9 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from conftest import REPO, TINY_FLAGS
 from etils import epath
+from helpers.paths import REPO
+from helpers.tiny import TINY_FLAGS
 from PIL import Image
 
 
@@ -177,7 +178,7 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
     assert np.any(result[20:40, 24:44] != np.asarray(Image.open(photo))[20:40, 24:44])
 
     # config.init_from=gs://...@STEP: the weights a fine-tuning run starts from.
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
 
     from isnet_jax import sharding
 

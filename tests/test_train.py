@@ -10,8 +10,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, step_distance, tiny_config
 from flax import nnx
+from helpers.paths import REPO
+from helpers.states import step_distance
+from helpers.tiny import tiny_config
 
 from isnet_jax import checkpoint, losses, train
 
@@ -117,7 +119,8 @@ _SHARDED = textwrap.dedent(
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, sys.argv[1])
-    from conftest import step_distance, tiny_config
+    from helpers.states import step_distance
+    from helpers.tiny import tiny_config
     from isnet_jax import sharding, train
 
     assert jax.device_count() == 8, jax.devices()
@@ -163,7 +166,7 @@ def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)
     # Two steps: the second step's gradients are taken at parameters that may differ in the
-    # few ill-conditioned elements step_distance describes (see tests/test_rehearse.py).
+    # few ill-conditioned elements step_distance describes (see tests/rehearse/test_rehearse.py).
     assert result["g_grad"] < 1e-2 and result["d_grad"] < 5e-2, result
     assert result["spectral"] < 1e-4 and result["loss_rel"] < 1e-5, result
     assert result["param_outliers"] < 1e-4, result
@@ -237,7 +240,7 @@ _SIGTERM_RUN = textwrap.dedent(
     import sys
     from absl import logging
     sys.path.insert(0, sys.argv[1])
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
     from isnet_jax import train
 
     if __name__ == "__main__":  # grain's workers are spawned and import this file

@@ -14,7 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 
 from isnet_jax import weights
 from isnet_jax.models.vgg import convert_torchvision
@@ -291,8 +291,8 @@ def test_a_read_only_or_full_cache_is_one_line(server, tmp_path):
 
 
 def test_a_gs_cache_is_written_once_and_read(server, gcs, gs_dir, monkeypatch, vgg19_file):
-    from conftest import tiny_config
     from etils import epath
+    from helpers.tiny import tiny_config
 
     from isnet_jax.models import build, vgg
     from isnet_jax.torch_io import pth
@@ -412,8 +412,8 @@ def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfd
 def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, tiny_checkpoint):
     """``--mode=eval`` with ``fid_weights=inception`` and ``lpips_net=alex``, no paths: their
     files are fetched once, and the table has the FID and LPIPS rows."""
-    from conftest import TINY_FLAGS
-    from fid_lpips_weights import write_weight_files
+    from helpers.fid_lpips_weights import write_weight_files
+    from helpers.tiny import TINY_FLAGS
 
     published = write_weight_files(tmp_path / "published")
     files = {"inception": published["inception"], "alexnet": published["alexnet"],

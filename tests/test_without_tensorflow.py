@@ -16,9 +16,10 @@ import time
 import urllib.request
 
 import numpy as np
+import portpicker
 import pytest
-from browser import free_port
-from conftest import REPO, TINY_FLAGS
+from helpers.paths import REPO
+from helpers.tiny import TINY_FLAGS
 from PIL import Image
 
 from isnet_jax import extras, progress
@@ -183,7 +184,7 @@ def test_inpaint_and_the_page_without_tensorflow(run, tmp_path):
 
     if not extras.installed("gradio"):
         pytest.skip('the page needs gradio: pip install -e ".[app]"')
-    port = free_port()
+    port = portpicker.pick_unused_port()
     log = tmp_path / "app.log"
     with open(log, "w") as output:
         app = subprocess.Popen(without_tf("isnet_jax.app", *model, "--port", str(port)),

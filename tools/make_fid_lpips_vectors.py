@@ -6,12 +6,12 @@ in an environment of its own:
     pip install torch torchvision "pytorch-fid==0.3.0" "lpips==0.1.4" scipy
     python tools/make_fid_lpips_vectors.py          # rewrites tests/data/fid_lpips/
 
-The released weight files cannot be fetched here (and must not be at test time), so every weight
-is random: ``tests/fid_lpips_weights.py`` draws each tensor from numpy's PCG64 seeded by a fixed
-seed and the tensor's name, which the tests redo without torch and write as ``.pth`` files with
-``isnet_jax.torch_io.pth.save_pth``. The key layouts the tests write are the reference packages' own
-(recorded below from the torch modules, and checked against the linear-layer files that lpips
-ships). What this script stores (a few hundred KB):
+The released weight files cannot be fetched here (and must not be at test time), so every weight is
+random: ``tests/helpers/fid_lpips_weights.py`` draws each tensor from numpy's PCG64 seeded by a
+fixed seed and the tensor's name, which the tests redo without torch and write as ``.pth`` files
+with ``isnet_jax.torch_io.pth.save_pth``. The key layouts the tests write are the reference
+packages' own (recorded below from the torch modules, and checked against the linear-layer files
+that lpips ships). What this script stores (a few hundred KB):
 
 - ``vectors.npz``: the input images (uint8; the networks see ``x / 255`` in float32), pytorch-fid's
   2048-d pool features of them, LPIPS distances per image pair and per layer for AlexNet and
@@ -36,7 +36,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-import fid_lpips_weights as W  # noqa: E402 - numpy only, shared with the tests
+from helpers import fid_lpips_weights as W  # noqa: E402 - numpy only, shared with the tests
 
 OUT = W.DATA
 BATCH = 2  # the tests run the networks in batches of this size (one compilation)

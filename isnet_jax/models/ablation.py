@@ -36,7 +36,7 @@ Differences from ISNet worth knowing, all taken from the release's ablation code
 - The UNet's instance norm and ReLU are in its encoder and decoder; its four 512-channel
   blocks are the release's tanh residual blocks (with biases, no SN, no norm).
 
-Submodules follow the release's modules one to one (tests/test_ablation.py maps every state
+Submodules follow the release's modules one to one (tests/models/test_ablation.py maps every state
 leaf to the release's state-dict key), so ablation checkpoints trained with the release could
 be converted; its README publishes trained ISNet weights only (Places2, CelebA), which is all
 ``convert`` reads.

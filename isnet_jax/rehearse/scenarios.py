@@ -20,7 +20,7 @@ Storage emulator (``gcs_emulator``), and the things that happen to such runs:
                 --config.data.resume_position=False it trains on
 
 Each scenario prints one line (``PASS``/``FAIL``, its seconds, what it saw). Every process and
-port it starts is stopped at the end, also on Ctrl-C. The tests (``tests/test_rehearse.py``)
+port it starts is stopped at the end, also on Ctrl-C. The tests (``rehearse/test_rehearse.py``)
 run these same functions on a tiny model.
 """
 
@@ -365,7 +365,7 @@ def relative_distance(x: Any, y: Any) -> float:
 
 def state_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     """How far apart two training states are after the same steps, in well-conditioned terms
-    (as ``tests/conftest.step_distance``): the worst array's relative distance of Adam's first
+    (as ``tests/helpers/states.step_distance``): the worst array's relative distance of Adam's first
     moments (``g_grad``, ``d_grad``) and the share of parameter elements more than
     ``learning_rate / 100`` apart (Adam moves an element with a near-zero gradient by up to
     ``2 * lr`` on a rounding-level change, so a few may)."""

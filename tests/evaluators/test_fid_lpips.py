@@ -32,8 +32,8 @@ import jax
 import numpy as np
 import pytest
 import scipy.linalg
-from fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 from flax import nnx
+from helpers.fid_lpips_weights import DATA, random_tensor, reference, synthetic_features
 
 from isnet_jax import cli, errors
 from isnet_jax.evaluators import fid, lpips
@@ -42,7 +42,7 @@ from isnet_jax.torch_io import pth
 
 @pytest.fixture(scope="session")
 def weight_files(tmp_path_factory) -> dict[str, pathlib.Path]:
-    from fid_lpips_weights import write_weight_files
+    from helpers.fid_lpips_weights import write_weight_files
 
     return write_weight_files(tmp_path_factory.mktemp("fid_lpips_weights"))
 
@@ -378,7 +378,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.paths import REPO
 
     from isnet_jax import convert as convert_module
 
@@ -414,7 +414,7 @@ def test_convert_cli_inception(tmp_path, weight_files, capsys):
 
 
 def _eval_config(**fields):
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
 
     return tiny_config(**{f"eval.{k}": v for k, v in fields.items()})
 
@@ -478,7 +478,7 @@ def test_speed_benchmark_runs_in_a_tiny_mode():
     import subprocess
     import sys
 
-    from conftest import REPO
+    from helpers.paths import REPO
 
     cmd = [sys.executable, "-m", "isnet_jax.benchmarks.fid_lpips", "--size=32", "--batch-size=1",
            "--batches=1", "--fid-images=5", "--fid-dims=64", "--lpips", "alex"]

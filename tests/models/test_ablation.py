@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RELEASE_GENERATOR_KEYS, data_file
 from flax import nnx
+from helpers.paths import RELEASE_GENERATOR_KEYS, data_file
 
 from isnet_jax import errors, models
 from isnet_jax.models import SpectralState, count_params, create_generator, layers

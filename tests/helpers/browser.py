@@ -3,7 +3,7 @@
 Used by ``tests/test_app.py``, and on its own to take the README's screenshot with any
 checkpoint and photo (the same code as the test)::
 
-    python tests/browser.py --checkpoint CKPT --photo photo.png --stroke 0.3,0.5,0.7,0.5 \\
+    python tests/helpers/browser.py --checkpoint CKPT --photo photo.png --stroke 0.3,0.5,0.7,0.5 \\
         --screenshot docs/app.png
 
 Chromium and ChromeDriver are Debian's (``apt-get install chromium chromium-driver``; ``.ci/run``
@@ -28,7 +28,7 @@ import numpy as np
 import portpicker
 from PIL import Image
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WINDOW = (1400, 1000)
 
 

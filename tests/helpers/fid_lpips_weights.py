@@ -20,7 +20,7 @@ import zlib
 
 import numpy as np
 
-DATA = pathlib.Path(__file__).resolve().parent / "data" / "fid_lpips"
+DATA = pathlib.Path(__file__).resolve().parents[1] / "data" / "fid_lpips"
 SEED = 20240613
 FILES = ("inception", "alexnet", "vgg16", "lin_alex", "lin_vgg")
 FILE_NAMES = {

@@ -162,7 +162,7 @@ def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, ca
     random directions and sigma a random, often tiny, number, so the network saturates and
     rounding differences between any two runtimes flip pixels from 0 to 1."""
     import onnxruntime as ort
-    from conftest import tiny_config
+    from helpers.tiny import tiny_config
 
     from isnet_jax import sharding, train
 

@@ -3,8 +3,8 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import tiny_config
 from flax import nnx
+from helpers.tiny import tiny_config
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from isnet_jax import checkpoint, evaluate, input_pipeline, masks, sharding
