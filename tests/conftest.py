@@ -124,6 +124,29 @@ def pytest_configure(config):
     os.environ.setdefault("ISNET_JAX_CACHE", str(cache.parent / "isnet_jax_test_cache"))
 
 
+# setup.cfg's slow marker: every test over SLOW_S (setup and call) carries it, so that
+# `pytest -m "not slow"` is the quick inner loop. A test that takes longer without it is listed
+# at the end of the run, to be marked (or made quicker).
+SLOW_S = 20.0
+_durations: dict[str, float] = {}
+_marked_slow: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    _durations[report.nodeid] = _durations.get(report.nodeid, 0.0) + report.duration
+    if "slow" in report.keywords:
+        _marked_slow.add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter):
+    unmarked = sorted(((d, n) for n, d in _durations.items()
+                       if d > SLOW_S and n not in _marked_slow), reverse=True)
+    if unmarked:
+        terminalreporter.section(f"over {SLOW_S:.0f} s without the slow marker")
+        for duration, nodeid in unmarked:
+            terminalreporter.write_line(f"{duration:7.1f} s  {nodeid}")
+
+
 def pytest_collection_modifyitems(items):
     # The rehearsal's file is the suite's longest unit of work (one xdist worker takes the whole
     # file, setup.cfg's --dist=loadfile): it starts first, so that the other files fill the

@@ -97,6 +97,7 @@ def _segment_distance(shape: tuple[int, int], points: list[tuple[float, float]])
     return best
 
 
+@pytest.mark.slow
 def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_path_factory):
     reason = missing_browser()
     if reason:

@@ -50,6 +50,7 @@ def photo(tmp_path) -> pathlib.Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_a_second_inpaint_compiles_nothing(tiny_checkpoint, photo, tmp_path):
     root = tmp_path / "cache_root"
     folder = root / compilation_cache.FOLDER

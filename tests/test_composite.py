@@ -53,6 +53,7 @@ def _run_export(fmt: str, folder, image: np.ndarray, mask: np.ndarray) -> np.nda
     return runner(image=image, mask=mask)["composite"]
 
 
+@pytest.mark.slow
 def test_every_composite_path_gives_the_releases_composite(golden_dir, tmp_path):
     with np.load(golden_dir / "golden.npz") as z:
         image, mask = z["images"], z["masks"]

@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import TINY_FLAGS
 from helpers import tiny_dataset
+from helpers.tiny import TINY_FLAGS
 from PIL import Image
 
 from isnet_jax import weights

@@ -18,6 +18,8 @@ import sys
 import sysconfig
 import zipfile
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "isnet_jax"
 
@@ -127,6 +129,7 @@ def test_library_modules_do_not_import_the_command_line_helpers():
     assert not through, through
 
 
+@pytest.mark.slow
 def test_a_wheel_installs_only_isnet_jax_and_runs_the_demo_from_anywhere(tmp_path):
     """``pip wheel`` of the checkout, installed into a fresh venv that borrows this one's
     dependencies (a ``.pth`` line: no download, no reinstall of jax or TensorFlow), runs

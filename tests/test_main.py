@@ -25,6 +25,7 @@ def _run(*args, timeout=900):
     )
 
 
+@pytest.mark.slow
 def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_path):
     workdir = tmp_path / "demo"
     out = _run(f"--workdir={workdir}", *_TINY)  # no --config: the embedded demo config
@@ -183,6 +184,7 @@ def test_a_failed_start_leaves_no_workdir(tmp_path):
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path, num_workers):
     """A terminal's Ctrl-C reaches the whole process group, grain's data workers included."""

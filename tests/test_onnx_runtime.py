@@ -45,6 +45,7 @@ def _inpaint(release, out, *args: str, env=None) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["auto", "resize"])
 def test_onnxruntime_inpaints_as_jax_through_the_command_line(release, tmp_path, mode):
     """Within one uint8 level (the export's measured float difference is about 4e-7); the
@@ -64,6 +65,7 @@ def test_onnxruntime_inpaints_as_jax_through_the_command_line(release, tmp_path,
         assert (a[~known] != photo[~known]).any(), name  # the holes were filled
 
 
+@pytest.mark.slow
 def test_auto_runs_onnxruntime_on_the_cpu_and_the_model_is_made_once(release, tmp_path):
     env = dict(os.environ, ISNET_JAX_CACHE=str(tmp_path / "cache"))
     first = _inpaint(release, tmp_path / "first", env=env)

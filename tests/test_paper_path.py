@@ -16,6 +16,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from helpers.fid_lpips_weights import write_weight_files
 from helpers.paths import REPO
 from PIL import Image
@@ -57,6 +58,7 @@ def _nvidia_masks(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
+@pytest.mark.slow
 def test_readme_path_to_the_papers_tables(tmp_path, golden_dir):
     places = _places_folder(tmp_path / "data" / "places2" / "val")
     raw_masks = _nvidia_masks(tmp_path / "data" / "testing_mask_dataset")

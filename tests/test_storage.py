@@ -14,6 +14,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from etils import epath
 from helpers.paths import REPO
 from helpers.tiny import TINY_FLAGS
@@ -124,6 +125,7 @@ def _download(source: epath.Path, target: pathlib.Path) -> None:
             (target / path.name).write_bytes(path.read_bytes())
 
 
+@pytest.mark.slow
 def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
         gs_dir, tmp_path, capsys):
     from isnet_jax import checkpoint, inpaint

@@ -150,6 +150,7 @@ _SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     script = tmp_path / "sharded.py"
@@ -254,6 +255,7 @@ _SIGTERM_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_workers,whole_group", [(0, False), (2, True)])
 def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, num_workers, whole_group):
     """SLURM / Kubernetes / spot VMs send SIGTERM before the kill: the step in flight ends,

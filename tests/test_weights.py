@@ -367,6 +367,7 @@ def _main(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow
 def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfds, vgg19_file):
     """``python -m isnet_jax.main --config=configs/places2.py --workdir=W`` trains with VGG on
     (4 blocks, the release's losses), given only where the data is, its size and the steps."""
@@ -409,6 +410,7 @@ def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfd
     assert _files(empty) == [] and not new.exists()
 
 
+@pytest.mark.slow
 def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, tiny_checkpoint):
     """``--mode=eval`` with ``fid_weights=inception`` and ``lpips_net=alex``, no paths: their
     files are fetched once, and the table has the FID and LPIPS rows."""

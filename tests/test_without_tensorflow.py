@@ -89,6 +89,7 @@ def _png_pixels(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
 
 
+@pytest.mark.slow
 def test_the_demo_trains_and_evaluates_without_tensorflow(run):
     workdir, train_log, eval_log = run
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
@@ -103,6 +104,7 @@ def test_the_demo_trains_and_evaluates_without_tensorflow(run):
     assert results["bands"]["all"]["images"] == 4
 
 
+@pytest.mark.slow
 def test_events_hold_what_the_run_logged_and_saved(run):
     """Every scalar the log shows, at its step and value (to the log's 6 digits); the sample
     grid and the eval sheets, pixel for pixel the PNGs saved beside them; the config as the
@@ -167,6 +169,7 @@ def test_events_hold_what_the_run_logged_and_saved(run):
         np.testing.assert_array_equal(_png_pixels(sheet.encoded_image_string), saved)
 
 
+@pytest.mark.slow
 def test_inpaint_and_the_page_without_tensorflow(run, tmp_path):
     import skimage.data
 

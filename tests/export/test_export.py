@@ -92,6 +92,7 @@ print("platforms", exported.platforms)
 """
 
 
+@pytest.mark.slow
 def test_stablehlo_runs_in_jax_without_isnet_jax(release_checkpoint, cases, tmp_path):
     folder = exported(release_checkpoint, tmp_path, "stablehlo")
     inputs = []
@@ -109,6 +110,7 @@ def test_stablehlo_runs_in_jax_without_isnet_jax(release_checkpoint, cases, tmp_
         check(case, np.load(f"{inputs[i]}.out.npy"), f"stablehlo case {i}")
 
 
+@pytest.mark.slow
 def test_onnx_runs_in_onnxruntime(release_checkpoint, cases, tmp_path):
     import onnxruntime as ort
 
@@ -122,6 +124,7 @@ def test_onnx_runs_in_onnxruntime(release_checkpoint, cases, tmp_path):
         check(case, out, f"onnx case {i}")
 
 
+@pytest.mark.slow
 def test_savedmodel_serves_serving_default(release_checkpoint, cases, tmp_path):
     import tensorflow as tf
 
@@ -134,6 +137,7 @@ def test_savedmodel_serves_serving_default(release_checkpoint, cases, tmp_path):
         check(case, out["composite"].numpy(), f"savedmodel case {i}")
 
 
+@pytest.mark.slow
 def test_tflite_runs_in_litert_at_two_fixed_sizes(release_checkpoint, cases, tmp_path, capsys):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -155,6 +159,7 @@ def test_tflite_runs_in_litert_at_two_fixed_sizes(release_checkpoint, cases, tmp
     assert export.read_meta(out)["inputs"]["image"]["shape"] == [2, 32, 48, 3]
 
 
+@pytest.mark.slow
 def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, capsys):
     """A training run's checkpoint (optimiser states, step and all) exports. The run is a
     fine-tuning run from the release (``config.init_from``), saved at step 0 as training saves

@@ -12,6 +12,8 @@ import pytest
 
 from isnet_jax.rehearse import scenarios
 
+pytestmark = pytest.mark.slow
+
 # Fewer hosts than the script's default 4 x 2 keep the suite within CI's two cores: the
 # mechanics (coordination service, gloo collectives, one shared checkpoint, per-host data
 # positions) are the same for 2 hosts as for 4.
