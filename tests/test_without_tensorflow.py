@@ -259,7 +259,9 @@ def test_an_unprepared_tfds_dataset_names_the_extra_for_preparing(tmp_path):
 def test_the_tiny_tfds_dataset_is_built_without_tensorflow(tmp_path):
     """TFDS itself builds it (JPEGs encoded by PIL) and reads it back, without TensorFlow."""
     out = _python_without_tf(
-        "from isnet_jax import input_pipeline, tiny_dataset\n"
+        f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
+        "from helpers import tiny_dataset\n"
+        "from isnet_jax import input_pipeline\n"
         f"tiny_dataset.prepare({str(tmp_path)!r})\n"
         f"images = input_pipeline.TfdsImages(tiny_dataset.NAME, 'test', {str(tmp_path)!r})\n"
         "print(len(images), images[0][:2].hex())\n")
