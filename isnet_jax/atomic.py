@@ -35,6 +35,9 @@ def written(target: str | os.PathLike, *, folder: bool = False) -> Iterator[path
         partial = pathlib.Path(name)
     try:
         yield partial
+        # mkstemp/mkdtemp make private paths (0600/0700); what appears at ``target`` gets the
+        # mode any new file would (a weights cache on a shared disk serves every user and host).
+        _as_if_created(partial)
         if folder and target.is_dir():
             shutil.rmtree(target)
         os.replace(partial, target)
@@ -44,3 +47,17 @@ def written(target: str | os.PathLike, *, folder: bool = False) -> Iterator[path
         else:
             partial.unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` would set it, racing
+    other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o022
+
+
+def _as_if_created(path: pathlib.Path) -> None:
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask())

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from absl import logging
 
-from isnet_jax import errors
+from isnet_jax import atomic, errors
 
 CACHE_VARIABLE = "ISNET_JAX_CACHE"
 TABLE_VARIABLE = "ISNET_JAX_WEIGHTS_TABLE"
@@ -316,15 +316,17 @@ def _fetch_into_local(known: Known, cache: pathlib.Path, ready: pathlib.Path,
             _install(known, by_hand, ready, convert)
             by_hand.unlink(missing_ok=True)  # taken in: the ready file replaces it
             return str(ready)
-        fd, partial = tempfile.mkstemp(prefix=f".{known.file}.", suffix=".partial",
-                                       dir=ready.parent)
-        partial = pathlib.Path(partial)
-        try:
-            with os.fdopen(fd, "wb") as f:
+        if not known.converts_to:
+            with atomic.written(ready) as partial, partial.open("wb") as f:
                 _download(known, f, cache)
-            _install(known, partial, ready, convert)
-        finally:
-            partial.unlink(missing_ok=True)
+            return str(ready)
+        # The download is only the converter's input: a temporary file beside the cache entry
+        # (same disk), gone whatever happens; a killed run's is removed by _remove_abandoned.
+        with tempfile.NamedTemporaryFile(prefix=f".{known.file}.", suffix=".partial",
+                                         dir=ready.parent) as download:
+            _download(known, download, cache)
+            download.flush()
+            _install(known, pathlib.Path(download.name), ready, convert)
     return str(ready)
 
 
@@ -381,7 +383,7 @@ def _cache_errors(cache: str | os.PathLike, verb: str = "write") -> Iterator[Non
 
 def _remove_abandoned(folder: pathlib.Path) -> None:
     now = time.time()
-    for partial in folder.glob(".*.partial"):
+    for partial in (*folder.glob(".*.partial"), *folder.glob(".*.partial-*")):
         with contextlib.suppress(OSError):  # another process may be removing it too
             if now - partial.stat().st_mtime > _ABANDONED_S:
                 partial.unlink()
@@ -459,32 +461,13 @@ def _check(known: Known, size: int, sha256: str, what: str, fix: str) -> None:
 
 def _install(known: Known, source: pathlib.Path, ready: pathlib.Path,
              convert: Converter | None) -> None:
-    """The checked ``source`` becomes ``ready`` (same disk): converted into a temporary file
-    beside it and renamed, or itself renamed; each rename is one atomic step."""
-    if not known.converts_to:
-        _readable(source)
-        os.replace(source, ready)
-        return
-    fd, partial = tempfile.mkstemp(prefix=f".{known.ready_file}.", suffix=".partial",
-                                   dir=ready.parent)
-    os.close(fd)
-    try:
-        _convert(known, convert, pathlib.Path(source), pathlib.Path(partial))
-        _readable(pathlib.Path(partial))
-        os.replace(partial, ready)
-    finally:
-        pathlib.Path(partial).unlink(missing_ok=True)
-
-
-def _readable(path: pathlib.Path) -> None:
-    """The mode a new file gets from the umask: temporary files are made private (0600), and a
-    cache on a shared disk serves every user of the machine or every host of the pod."""
-    try:
-        with open("/proc/self/status") as f:
-            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
-    except (OSError, StopIteration, ValueError):
-        umask = 0o022
-    os.chmod(path, 0o666 & ~umask)
+    """The checked ``source`` becomes ``ready`` whole (``atomic.written``): converted, or
+    copied."""
+    with atomic.written(ready) as partial:
+        if known.converts_to:
+            _convert(known, convert, source, partial)
+        else:
+            shutil.copyfile(source, partial)
 
 
 def _convert(known: Known, convert: Converter, source: pathlib.Path,

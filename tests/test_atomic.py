@@ -33,3 +33,15 @@ def test_a_folder_replaces_the_old_one_only_when_complete(tmp_path):
     with atomic.written(target, folder=True) as partial:
         (partial / "model").write_text("whole")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["export", "model"]
+
+
+def test_what_appears_has_the_mode_of_a_new_file_not_a_temporary_ones(tmp_path):
+    # mkstemp/mkdtemp make 0600/0700 paths: a cache or an export on a shared disk must not be
+    # private to whoever wrote it first.
+    mask = atomic.umask()
+    with atomic.written(tmp_path / "file.bin") as partial:
+        partial.write_bytes(b"x")
+    with atomic.written(tmp_path / "folder", folder=True) as partial:
+        (partial / "inside").write_bytes(b"y")
+    assert (tmp_path / "file.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~mask
