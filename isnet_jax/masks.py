@@ -516,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mask-polarity", type=polarity_flag, default=DEFAULT_POLARITY,
                    metavar="{" + ",".join(POLARITIES) + "}",
                    help="which colour the files paint the hole (default: %(default)s; see "
-                   "the README's 'Mask polarity')")
+                   "docs/data.md, 'Mask polarity')")
     p.add_argument("--threshold", type=int, default=0, help="binarisation: white is > this")
     p.add_argument("--workers", type=int, default=None,
                    help="processes (default: one per CPU)")

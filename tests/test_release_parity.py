@@ -1,7 +1,7 @@
 """The converted release checkpoints reproduce the official PyTorch release's outputs.
 
 The golden vectors were made by running the release (blocks=2, 64x64) itself; see
-ISNET_REFERENCE.md, "Reference test vectors". Activations are compared relative to their scale:
+docs/reference/isnet.md, "Reference test vectors". Activations are compared relative to their scale:
 max|ours - release| / max(1, max|release|) < 5e-6.
 """
 
@@ -19,7 +19,7 @@ from isnet_jax.models import count_params
 from isnet_jax.models.layers import SpectralState
 
 TOL = 5e-6  # measured 2026-12: G eval 4.8e-7, G first train step 3.6e-7
-# ISNET_REFERENCE.md, "Parameter counts of the release".
+# docs/reference/isnet.md, "Parameter counts of the release".
 PARAMS_BLOCKS2 = 21_530_275
 PARAMS_DISCRIMINATOR = 2_763_776
 

@@ -1,5 +1,5 @@
-"""Three training steps reproduce the release's training step (ISNET_REFERENCE.md, "The training
-step"; vectors in ``tests/data/golden/train_blocks2_64px.tar.xz``).
+"""Three training steps reproduce the release's training step (docs/reference/isnet.md, "The
+training step"; vectors in ``tests/data/golden/train_blocks2_64px.tar.xz``).
 
 From the official blocks=2 weights (converted, then loaded through ``config.init_from``'s code
 path), our jitted step runs on the stored batches. Everything is compared with the float64 run

@@ -1,9 +1,10 @@
 """Our training step and generator forward against the PyTorch yardstick, in one run.
 
     python -m isnet_jax.benchmarks.compare_torch --torch_python=/tmp/torchenv/bin/python \\
+        --peer=PATH/torch_isnet.py \\
         --resolution=256 --batch_size=1 --blocks=4 --rounds=3
 
-The yardstick is ``../shared/peer/torch_isnet.py`` (``--peer``): a PyTorch ISNet that does the
+The yardstick (``--peer PATH``, not part of this repository) is: a PyTorch ISNet that does the
 release's work per step (G + D + four VGG19 passes, Adam). It runs in its own interpreter
 (``--torch_python``, a virtual environment with torch; this project's environment has none)
 as ``torch_isnet.py bench RES BATCH BLOCKS``, which prints seconds per training step and per
@@ -27,8 +28,6 @@ import tempfile
 from typing import Any
 
 from isnet_jax.benchmarks import train_step
-
-_PEER = pathlib.Path(__file__).resolve().parents[3] / "shared" / "peer" / "torch_isnet.py"
 
 
 def run_peer(python: str, peer: str, resolution: int, batch: int, blocks: int) -> dict[str, Any]:
@@ -112,7 +111,8 @@ def define_flags() -> None:
     train_step.define_flags()
     flags.DEFINE_string("torch_python", "/tmp/torchenv/bin/python",
                         "Python interpreter with torch installed (the peer's environment).")
-    flags.DEFINE_string("peer", str(_PEER), "Path of the PyTorch yardstick torch_isnet.py.")
+    flags.DEFINE_string("peer", None, "Path of the PyTorch yardstick (a torch_isnet.py; not part "
+                        "of this repository).")
     flags.DEFINE_integer("rounds", 3, "Alternating rounds of torch and jax.")
 
 
@@ -122,8 +122,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
-    if not pathlib.Path(f.peer).exists():
-        raise app.UsageError(f"--peer {f.peer} does not exist")
+    if not f.peer or not pathlib.Path(f.peer).is_file():
+        raise app.UsageError(f"--peer PATH, the PyTorch yardstick's file, is needed (got "
+                             f"{f.peer or 'none'})")
     if f.compute_dtype not in ("auto", "float32"):
         raise app.UsageError("the yardstick runs float32; leave --compute_dtype at auto/float32")
     with tempfile.TemporaryDirectory(prefix="isnet_bench_") as workdir:

@@ -14,7 +14,7 @@ The model is ISNet with ``--blocks`` (default 4, the released model) and random 
   savedmodel  the SavedModel's ``serving_default`` in TensorFlow (XlaCallModule: XLA)
   tflite      the TFLite file in LiteRT (XNNPACK)
   onnx        the ONNX file in onnxruntime (CPU execution provider)
-  torch       ``../shared/peer/torch_isnet.py``'s Generator, spectral norm removed (folded),
+  torch       the PyTorch yardstick's (``--peer``) Generator, spectral norm removed (folded),
               eval, no_grad, in ``--torch-python`` (an environment with torch; left out without)
 
 Batch 1, a random image and mask, the same for all. Each process loads its model and runs it
@@ -39,7 +39,6 @@ from typing import Any
 from isnet_jax import cli, errors, extras
 
 RUNTIMES = ("jax", "stablehlo", "savedmodel", "tflite", "onnx", "torch")
-_PEER = pathlib.Path(__file__).resolve().parents[3] / "shared" / "peer" / "torch_isnet.py"
 
 # Runs in each runtime's own process (torch's: another interpreter, without isnet_jax): loads
 # the model, answers "run" with one timed forward and "quit" with its peak RSS.
@@ -243,13 +242,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated, from " + ", ".join(RUNTIMES))
     parser.add_argument("--torch-python", default=None,
                         help="python of an environment with torch: adds the torch row")
-    parser.add_argument("--peer", type=pathlib.Path, default=_PEER,
-                        help="the PyTorch yardstick torch_isnet.py")
+    parser.add_argument("--peer", type=pathlib.Path, default=None,
+                        help="the PyTorch yardstick (a torch_isnet.py; not part of this "
+                        "repository): needed for the torch row")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.runtimes = [r for r in args.runtimes.split(",") if r]
     if args.torch_python and "torch" not in args.runtimes:
         args.runtimes.append("torch")
+    if "torch" in args.runtimes and not (args.peer and args.peer.is_file()):
+        parser.error(f"the torch row needs --peer PATH, the PyTorch yardstick's file "
+                     f"(got {args.peer or 'none'})")
     unknown = set(args.runtimes) - set(RUNTIMES)
     if unknown or "jax" not in args.runtimes:
         parser.error(f"--runtimes: jax and any of {', '.join(RUNTIMES)}; got {args.runtimes}")

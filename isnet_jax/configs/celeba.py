@@ -2,7 +2,7 @@
 
 256 px, batch 8, 4 blocks.
 
-One-time data preparation and the VGG19 weights are described in the README.
+One-time data preparation: docs/data.md; the VGG19 weights: docs/training.md.
 """
 
 from isnet_jax.configs import default

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     # and the data order start fresh. Ignored (with a warning) when the workdir already holds a
     # checkpoint: resuming wins.
     config.init_from = ""
-    # Initialisation of G's and D's convs (ISNET_REFERENCE.md, "Initialisation"): "release"
+    # Initialisation of G's and D's convs (docs/reference/isnet.md, "Initialisation"): "release"
     # draws kernels from N(0, init_scale^2) as the release's init_weights() (0.001); the
     # "orthogonal" scheme makes every spectrally normalised kernel start as an isometry. Under
     # spectral norm the scale sets Adam's effective learning rate (about lr / init_scale).

@@ -3,7 +3,7 @@
     python -m isnet_jax.export --checkpoint CKPT --format stablehlo|savedmodel|tflite|onnx \\
         --output DIR [--batch-size N] [--height H] [--width W] [--step N] [--overwrite]
 
-See ``isnet_jax.export`` for what the exported function computes and README's "Deploy" for
+See ``isnet_jax.export`` for what the exported function computes and docs/deploy.md for
 running each format. A mistake in the command (a missing checkpoint, an unknown format, a size
 that is not a multiple of 16, an existing ``--output`` without ``--overwrite``) is one
 ``error:`` line and status 2, with nothing written.

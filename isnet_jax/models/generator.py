@@ -34,7 +34,7 @@ from isnet_jax.models.layers import (
 )
 
 WIDTHS = (32, 64, 128, 256, 512)
-MAX_BLOCKS = 4  # the paper's model; ISNET_REFERENCE.md gives the release's counts for 1..4
+MAX_BLOCKS = 4  # the paper's model; docs/reference/isnet.md gives the release's counts for 1..4
 
 
 class ResBlock(nnx.Module):

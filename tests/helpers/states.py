@@ -12,7 +12,7 @@ def step_distance(a: dict, b: dict, learning_rate: float) -> dict[str, float]:
     near-zero gradient by up to ``2 * lr`` on a rounding-level change). ``spectral``: the worst
     relative distance of the power-iteration vectors. D's loss is a difference of two means that
     nearly cancel from the release's initialisation, so float32 rounding alone moves D's
-    gradients by up to about 1e-2 (ISNET_REFERENCE.md).
+    gradients by up to about 1e-2 (docs/reference/isnet.md).
     """
     from isnet_jax.rehearse import scenarios
 

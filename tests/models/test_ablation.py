@@ -27,7 +27,7 @@ CLASSES = {"basemodel": models.BaseModel, "basemodel_ff": models.BaseModelFF,
 # What one residual block (two bias-free 3x3 convs) less per branch per stage removes:
 # branch 0 is 32 wide in all four stages, branch 1 enters stages 1..3 at 64, 128, 256 wide,
 # 2 * 9 * (4 * 32^2 + 64^2 + 128^2 + 256^2) = 1,622,016: the step between ISNet's counts in
-# ISNET_REFERENCE.md (24,774,307 - 23,152,291), whose stages have the same branches.
+# docs/reference/isnet.md (24,774,307 - 23,152,291), whose stages have the same branches.
 # The UNet's middle block is two 3x3 512->512 convs with biases: 2 * (9 * 512^2 + 512).
 PARAMS_PER_BLOCK = {"basemodel": 1_622_016, "basemodel_ff": 1_622_016, "unet": 4_719_616}
 SIZE = 32  # the smallest size all three take (BaseModel needs multiples of 16, UNet of 8)

@@ -153,7 +153,7 @@ def _convs(module):
     lambda r: models.UNetGenerator(rngs=r),
 ], ids=["isnet", "discriminator", "unet"])
 def test_release_initialisation_statistics(build):
-    """ISNET_REFERENCE.md, "Initialisation": kernels ~ N(0, 0.001), biases 0, u and v random
+    """docs/reference/isnet.md, "Initialisation": kernels ~ N(0, 0.001), biases 0, u and v random
     unit vectors with no power iteration."""
     module = build(nnx.Rngs(0))
     convs = _convs(module)
