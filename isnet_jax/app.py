@@ -329,15 +329,7 @@ def serve(args: argparse.Namespace) -> int:
     import jax
 
     start = time.perf_counter()
-    compilation_cache.enable(args.compilation_cache)
-    inpainter = inpainter_lib.Inpainter.from_checkpoint(
-        args.checkpoint,
-        args.step,
-        size=args.size,
-        margin=args.crop_margin,
-        crop_above=args.crop_above,
-        runtime=args.runtime,
-    )
+    inpainter = cli.load_inpainter(args)
     about = cli.generator_line(inpainter.meta, args.checkpoint)
     print(f"{about}; running on {jax.devices()[0].platform} with {inpainter.runtime} "
           f"({inpainter.runtime_note})", flush=True)

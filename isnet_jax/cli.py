@@ -299,6 +299,18 @@ def check_model_arguments(
         parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
 
 
+def load_inpainter(args: argparse.Namespace, **options: Any) -> Any:
+    """The ``Inpainter`` the model flags choose (``add_model_arguments``), its compiled programs
+    kept where ``--compilation-cache`` says; ``options``: the command's own (``mode``)."""
+    from isnet_jax import compilation_cache
+    from isnet_jax.inpainter import Inpainter
+
+    compilation_cache.enable(args.compilation_cache)
+    return Inpainter.from_checkpoint(
+        args.checkpoint, args.step, size=args.size, margin=args.crop_margin,
+        crop_above=args.crop_above, runtime=args.runtime, **options)
+
+
 def generator_line(meta: Mapping[str, Any], source: Any) -> str:
     """``generator isnet (blocks=4, step 1000) from SOURCE``: what a command loaded."""
     return (f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "

@@ -259,16 +259,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: {report.exists} output(s) exist, {len(report.failed)} failed")
         return 1 if report.failed else 0
 
-    compilation_cache.enable(args.compilation_cache)
-    inpainter = Inpainter.from_checkpoint(
-        args.checkpoint,
-        args.step,
-        mode=args.resize_mode,
-        size=args.size,
-        margin=args.crop_margin,
-        crop_above=args.crop_above,
-        runtime=args.runtime,
-    )
+    inpainter = cli.load_inpainter(args, mode=args.resize_mode)
     print(f"{cli.generator_line(inpainter.meta, args.checkpoint)}; running on "
           f"{jax.devices()[0].platform} ({jax.device_count()} device(s)) with "
           f"{inpainter.runtime} ({inpainter.runtime_note}), {inpainter.describe()}", flush=True)
