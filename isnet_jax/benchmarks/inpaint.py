@@ -286,8 +286,8 @@ def command_line(args: argparse.Namespace, scratch: str) -> dict:
                        output + ".png", *map(str, windows[0]), str(args.size)]
                 result = _timed(cmd, base_env, scratch)
                 runs.setdefault("plain", []).append(result)
-                print(f"round {index + 1}: plain onnxruntime script {result['wall_s']:.2f} s",
-                      flush=True)
+                print(f"round {index + 1}: plain onnxruntime script {result['wall_s']:.2f} s "
+                      f"(CPU {result['cpu_s']:.2f} s, load {result['load_before']})", flush=True)
                 continue
             env = dict(base_env, PYTHONPATH=trees[name],
                        ISNET_JAX_CACHE=os.path.join(scratch, f"cache-{name}-{index}"))
@@ -298,7 +298,8 @@ def command_line(args: argparse.Namespace, scratch: str) -> dict:
                 result = _timed(cmd, env, scratch)
                 result["compilation"] = _compilation_line(result["stdout"])
                 runs.setdefault(f"{name} {state}", []).append(result)
-                print(f"round {index + 1}: {name} {state} {result['wall_s']:.2f} s; "
+                print(f"round {index + 1}: {name} {state} {result['wall_s']:.2f} s (CPU "
+                      f"{result['cpu_s']:.2f} s, load {result['load_before']}); "
                       f"{result['compilation']}", flush=True)
             if name == "after":
                 plain_model = _onnx_file(result["stdout"])
@@ -319,6 +320,11 @@ def command_line(args: argparse.Namespace, scratch: str) -> dict:
         warm, cold = medians[f"{tree} warm"]["wall_s"], medians[f"{tree} cold"]["wall_s"]
         ratios[f"{tree} warm / cold"] = round(warm / cold, 2)
         ratios[f"{tree} warm / plain"] = round(warm / medians["plain"]["wall_s"], 2)
+        # CPU seconds: what a loaded machine's wall clock blurs (other work's time slices).
+        ratios[f"{tree} warm / cold, CPU"] = round(
+            medians[f"{tree} warm"]["cpu_s"] / medians[f"{tree} cold"]["cpu_s"], 2)
+        ratios[f"{tree} warm / plain, CPU"] = round(
+            medians[f"{tree} warm"]["cpu_s"] / medians["plain"]["cpu_s"], 2)
     return {"photo": f"{args.width}x{args.height}", "hole": round(float(1 - known.mean()), 4),
             "window": windows[0], "rounds": args.rounds, "trees": trees, "medians": medians,
             "ratios": ratios}
