@@ -43,7 +43,7 @@ from PIL import Image, UnidentifiedImageError
 
 from isnet_jax import cli, compilation_cache, errors, images, masks
 from isnet_jax import inpainter as inpainter_lib
-from isnet_jax.models import MULTIPLE
+from isnet_jax.sizes import MULTIPLE
 
 # A local tool: no usage statistics leave the machine (gradio sends them unless told not to).
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -326,24 +326,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 def serve(args: argparse.Namespace) -> int:
     """Loads the model, serves the page until Ctrl-C (which propagates) and returns 0."""
     _require_gradio()
-    import jax
-
     start = time.perf_counter()
-    compilation_cache.enable(args.compilation_cache)
-    inpainter = inpainter_lib.Inpainter.from_checkpoint(
-        args.checkpoint,
-        args.step,
-        size=args.size,
-        margin=args.crop_margin,
-        crop_above=args.crop_above,
-        runtime=args.runtime,
-    )
+    inpainter = cli.load_inpainter(args)
     about = cli.generator_line(inpainter.meta, args.checkpoint)
-    print(f"{about}; running on {jax.devices()[0].platform} with {inpainter.runtime} "
-          f"({inpainter.runtime_note})", flush=True)
-    print(f"running the {args.size}x{args.size} forward pass once (jax compiles it) ...",
-          flush=True)
-    print(f"ready in {warm_up(inpainter):.1f} s; {compilation_cache.report()}", flush=True)
+    print(f"{about}; {cli.running_on(inpainter)}", flush=True)
+    why = "jax compiles it" if inpainter.runtime == "jax" else "onnxruntime prepares it"
+    print(f"running the {args.size}x{args.size} forward pass once ({why}) ...", flush=True)
+    print(f"ready in {warm_up(inpainter):.1f} s; "
+          f"{compilation_cache.report(cli.cached_export_note(inpainter))}", flush=True)
     demo = build(inpainter, max_megapixels=args.max_megapixels, title=html.escape(about))
     demo.launch(
         server_name=args.host,

@@ -299,6 +299,42 @@ def check_model_arguments(
         parser.error(f"--crop-margin must be at least 0, got {args.crop_margin}")
 
 
+def load_inpainter(args: argparse.Namespace, **options: Any) -> Any:
+    """The ``Inpainter`` the model flags choose (``add_model_arguments``), its compiled programs
+    kept where ``--compilation-cache`` says; ``options``: the command's own (``mode``).
+
+    An export already cached for onnxruntime is taken first, JAX unimported: the compilation
+    cache is set up (which imports JAX) only when the model has to be restored."""
+    from isnet_jax import compilation_cache
+    from isnet_jax.inpainter import Inpainter
+
+    options = dict(size=args.size, margin=args.crop_margin, crop_above=args.crop_above,
+                   runtime=args.runtime, **options)
+    found = Inpainter.from_cached_export(args.checkpoint, args.step, **options)
+    if found is not None:
+        return found
+    compilation_cache.enable(args.compilation_cache)
+    return Inpainter.from_checkpoint(args.checkpoint, args.step, **options)
+
+
+def cached_export_note(inpainter: Any) -> str:
+    """What ran instead of XLA, for ``compilation_cache.report`` when JAX was never imported
+    (``onnxruntime, cached export PATH``)."""
+    return f"onnxruntime, cached export {inpainter.onnx_path}"
+
+
+def running_on(inpainter: Any) -> str:
+    """``running on cpu with onnx (onnxruntime, PATH)``: where and in what the generator runs
+    (JAX is asked only when it runs the generator: an onnxruntime run never imports it)."""
+    if inpainter.runtime == "onnx":
+        where = "cpu"  # onnxruntime's CPU provider, whatever JAX has
+    else:
+        import jax
+
+        where = f"{jax.devices()[0].platform} ({jax.device_count()} device(s))"
+    return f"running on {where} with {inpainter.runtime} ({inpainter.runtime_note})"
+
+
 def generator_line(meta: Mapping[str, Any], source: Any) -> str:
     """``generator isnet (blocks=4, step 1000) from SOURCE``: what a command loaded."""
     return (f"generator {meta.get('generator')} (blocks={meta.get('blocks')}, step "

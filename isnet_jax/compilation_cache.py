@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
-import jax
 from absl import logging
 
 # The weights cache's variable (issue 27's isnet_jax.weights): one root for what we keep.
@@ -75,7 +75,10 @@ def resolve(setting: str | None = None) -> pathlib.Path | None:
 def enable(setting: str | None = None) -> pathlib.Path | None:
     """Points JAX's persistent compilation cache at ``resolve(setting)`` (or turns it off),
     bounded by ``MAX_BYTES``, and starts counting compilations for ``report``. Call before the
-    process's first compilation: JAX reads the settings once, then."""
+    process's first compilation: JAX reads the settings once, then. Imports JAX: a command
+    that may not need it (``inpaint`` in onnxruntime) calls this once it knows it does."""
+    import jax
+
     folder = resolve(setting)
     if folder is None:
         jax.config.update("jax_enable_compilation_cache", False)
@@ -111,9 +114,14 @@ def counts() -> tuple[int, int]:
     return _counts["programs"] - _counts["hits"], _counts["hits"]
 
 
-def report() -> str:
-    """One line on what this process compiled and what it loaded from the cache."""
+def report(without_jax: str = "") -> str:
+    """One line on what this process compiled and what it loaded from the cache;
+    ``without_jax``: what ran instead, said when JAX was never imported (nothing compiled)."""
+    if "jax" not in sys.modules:
+        return f"compilation: nothing compiled{f' ({without_jax})' if without_jax else ''}"
     compiled, loaded = counts()
+    if not _enabled:  # JAX ran without enable(): nothing was counted
+        return "compilation: not counted (the compilation cache was not enabled)"
     folder = _enabled.get("folder")
     if folder is None:
         return (f"compilation: {compiled} program(s) compiled; the cache is off (the "

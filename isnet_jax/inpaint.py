@@ -46,7 +46,6 @@ import sys
 import time
 from collections.abc import Sequence
 
-import jax
 import numpy as np
 from PIL import Image
 
@@ -62,7 +61,7 @@ from isnet_jax.inpainter import (
     rgb_view,
 )
 from isnet_jax.masks import load_known_mask
-from isnet_jax.models import MULTIPLE
+from isnet_jax.sizes import MULTIPLE
 
 
 def _resize_known(known: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -259,19 +258,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"nothing to do: {report.exists} output(s) exist, {len(report.failed)} failed")
         return 1 if report.failed else 0
 
-    compilation_cache.enable(args.compilation_cache)
-    inpainter = Inpainter.from_checkpoint(
-        args.checkpoint,
-        args.step,
-        mode=args.resize_mode,
-        size=args.size,
-        margin=args.crop_margin,
-        crop_above=args.crop_above,
-        runtime=args.runtime,
-    )
-    print(f"{cli.generator_line(inpainter.meta, args.checkpoint)}; running on "
-          f"{jax.devices()[0].platform} ({jax.device_count()} device(s)) with "
-          f"{inpainter.runtime} ({inpainter.runtime_note}), {inpainter.describe()}", flush=True)
+    inpainter = cli.load_inpainter(args, mode=args.resize_mode)
+    print(f"{cli.generator_line(inpainter.meta, args.checkpoint)}; {cli.running_on(inpainter)}"
+          f", {inpainter.describe()}", flush=True)
     try:  # only now: a failed start leaves no empty folder behind
         args.output.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -334,7 +323,7 @@ def run(args: argparse.Namespace) -> int:
         f"done: {report.written} written to {args.output}, {report.exists} already existed, "
         f"{len(report.failed)} failed"
     )
-    print(compilation_cache.report())
+    print(compilation_cache.report(cli.cached_export_note(inpainter)))
     return 1 if report.failed else 0
 
 

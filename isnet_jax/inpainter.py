@@ -6,10 +6,12 @@
     done = inpainter.inpaint(image_uint8, known_mask_hw)  # .image, .mode, .windows
 
 The generator runs as one jitted pure function over its ``nnx.split`` state (one compilation per
-input shape). How a photo meets the network's size (``RESIZE_MODES``) is the Inpainter's
-docstring; which crops crop mode runs is ``crop_windows``; how much hole is too much for the
-model is ``hole_verdict`` (the command line and the web page judge a mask by it). The command
-line is ``python -m isnet_jax.inpaint``, the page ``python -m isnet_jax.app``.
+input shape), or in onnxruntime (``onnx_runtime``): then, once its export is cached,
+``from_checkpoint`` reads no Orbax checkpoint and JAX is never imported. How a photo meets the
+network's size (``RESIZE_MODES``) is the Inpainter's docstring; which crops crop mode runs is
+``crop_windows``; how much hole is too much for the model is ``hole_verdict`` (the command line
+and the web page judge a mask by it). The command line is ``python -m isnet_jax.inpaint``, the
+page ``python -m isnet_jax.app``.
 """
 
 from __future__ import annotations
@@ -19,16 +21,16 @@ import functools
 import math
 import pathlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from PIL import Image
 
-from isnet_jax import checkpoint, errors, onnx_runtime
-from isnet_jax.models import MULTIPLE
+from isnet_jax import errors, onnx_runtime
+from isnet_jax.sizes import MULTIPLE
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 RESIZE_MODES = ("auto", "crop", "resize", "pad")
 # Crop mode: context kept around each group of holes, in image pixels (half the 256-px
@@ -49,11 +51,19 @@ def _check_mode(mode: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _predict(graphdef: nnx.GraphDef, state: nnx.State, images: jax.Array, known: jax.Array):
-    # jit caches one executable per (graphdef, input shape): one compile per shape bucket.
-    generator = nnx.merge(graphdef, state)
-    return generator(images * known, train=False)
+@functools.cache
+def _jitted_predict():
+    """The jitted forward, made on first use: a run in onnxruntime never imports JAX."""
+    import jax
+    from flax import nnx
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def predict(graphdef, state, images, known):
+        # jit caches one executable per (graphdef, input shape): one compile per shape bucket.
+        generator = nnx.merge(graphdef, state)
+        return generator(images * known, train=False)
+
+    return predict
 
 
 def _padded(n: int) -> int:
@@ -167,7 +177,39 @@ class Inpainter:
         margin: int = CROP_MARGIN,
         crop_above: int | None = None,
         runtime: str = "jax",
+        onnx_key: str | None = None,
+        meta: dict[str, Any] | None = None,
     ):
+        """``onnx_key`` and ``meta``: the checkpoint's (``from_checkpoint``), which name and
+        go into its ONNX export; without them the export is named by the weights."""
+        from flax import nnx
+
+        self._configure(mode, size, margin, crop_above, runtime)
+        self.graphdef, self.state = nnx.split(generator)
+        self.meta = dict(meta or {})
+        self._onnx, self.runtime_note = None, "XLA"
+        stored = {k: v for k, v in self.meta.items() if k != "step"}  # a key is not a step
+        export = functools.partial(onnx_runtime.OnnxGenerator.export, generator,
+                                   key=onnx_key, meta=stored if onnx_key else None)
+        if runtime == "auto":
+            self.runtime_note = onnx_runtime.usable()
+            if self.runtime_note is None:
+                try:
+                    self._onnx = export()
+                except errors.ConfigError as e:  # not ISNet: the ONNX export has no graph
+                    self.runtime_note = str(e).split(";")[0]
+                except OSError as e:  # the cache folder cannot be written (a read-only home)
+                    self.runtime_note = f"the ONNX model could not be written: {e}"
+        elif runtime == "onnx":
+            self._onnx = export()
+        if self._onnx is not None:
+            self.runtime, self.runtime_note = "onnx", f"onnxruntime, {self._onnx.path}"
+        else:
+            self.runtime = "jax"
+
+    def _configure(
+        self, mode: str, size: int, margin: int, crop_above: int | None, runtime: str
+    ) -> None:
         _check_mode(mode)
         onnx_runtime.check_runtime(runtime)
         if size <= 0 or size % MULTIPLE:
@@ -175,28 +217,10 @@ class Inpainter:
                 f"--size must be a positive multiple of {MULTIPLE}, got {size}")
         if margin < 0:
             raise errors.ConfigError(f"--crop-margin must be at least 0, got {margin}")
-        self.graphdef, self.state = nnx.split(generator)
         self.mode = mode
         self.size = size
         self.margin = margin
         self.crop_above = 2 * size if crop_above is None else crop_above
-        self.meta: dict[str, Any] = {}
-        self._onnx, self.runtime_note = None, "XLA"
-        if runtime == "auto":
-            self.runtime_note = onnx_runtime.usable()
-            if self.runtime_note is None:
-                try:
-                    self._onnx = onnx_runtime.OnnxGenerator(generator)
-                except errors.ConfigError as e:  # not ISNet: the ONNX export has no graph
-                    self.runtime_note = str(e).split(";")[0]
-                except OSError as e:  # the cache folder cannot be written (a read-only home)
-                    self.runtime_note = f"the ONNX model could not be written: {e}"
-        elif runtime == "onnx":
-            self._onnx = onnx_runtime.OnnxGenerator(generator)
-        if self._onnx is not None:
-            self.runtime, self.runtime_note = "onnx", f"onnxruntime, {self._onnx.path}"
-        else:
-            self.runtime = "jax"
 
     @classmethod
     def from_checkpoint(
@@ -207,11 +231,68 @@ class Inpainter:
     ) -> Inpainter:
         """Loads the generator of a training workdir, its ``checkpoints/`` folder or a folder
         written by ``python -m isnet_jax.convert`` (latest step unless ``step``). ``options``
-        are the constructor's (``mode``, ``size``, ``margin``, ``crop_above``, ``runtime``)."""
+        are the constructor's (``mode``, ``size``, ``margin``, ``crop_above``, ``runtime``).
+
+        In onnxruntime the checkpoint's export is made once (named by the checkpoint's files:
+        ``onnx_runtime.checkpoint_key``); later calls find it (``from_cached_export``)."""
+        from isnet_jax import checkpoint
+
+        found, folder, key = cls._cached_export(path, step, **options)
+        if found is not None:
+            return found
         generator, meta = checkpoint.restore_generator(path, step)
-        inpainter = cls(generator, **options)
-        inpainter.meta = meta
-        return inpainter
+        if folder is not None and int(folder.name) != meta["step"]:
+            # Orbax took another step (the newest was damaged): key the one it read.
+            folder = onnx_runtime.step_folder(path, meta["step"])
+            key = onnx_runtime.checkpoint_key(folder) if folder is not None else None
+        return cls(generator, onnx_key=key, meta=meta, **options)
+
+    @classmethod
+    def from_cached_export(
+        cls,
+        path: str | pathlib.Path,
+        step: int | None = None,
+        **options: Any,
+    ) -> Inpainter | None:
+        """``from_checkpoint``'s result if ``runtime`` (in ``options``) runs onnxruntime here
+        and the checkpoint's export is cached; else None. It reads the step's item files (to
+        key them) and that export: no Orbax checkpoint, and no JAX unless JAX must be asked
+        for its backend (``onnx_runtime.jax_backend``)."""
+        return cls._cached_export(path, step, **options)[0]
+
+    @classmethod
+    def _cached_export(
+        cls,
+        path: str | pathlib.Path,
+        step: int | None = None,
+        *,
+        mode: str = "auto",
+        size: int = 256,
+        margin: int = CROP_MARGIN,
+        crop_above: int | None = None,
+        runtime: str = "jax",
+    ) -> tuple[Inpainter | None, pathlib.Path | None, str | None]:
+        """``(inpainter or None, step folder, its key)``: what the cache holds, and what an
+        export made now is to be named by."""
+        inpainter = cls.__new__(cls)
+        inpainter._configure(mode, size, margin, crop_above, runtime)
+        if runtime == "jax" or (runtime == "auto" and onnx_runtime.usable() is not None):
+            return None, None, None
+        folder = onnx_runtime.step_folder(path, step)
+        key = onnx_runtime.checkpoint_key(folder) if folder is not None else None
+        found = onnx_runtime.OnnxGenerator.cached(key) if key else None
+        if found is None:
+            return None, folder, key
+        inpainter.graphdef = inpainter.state = None  # onnxruntime holds the weights
+        inpainter.meta = {**found.meta, "step": int(folder.name)}
+        inpainter._onnx, inpainter.runtime = found, "onnx"
+        inpainter.runtime_note = f"onnxruntime, {found.path}"
+        return inpainter, folder, key
+
+    @property
+    def onnx_path(self) -> pathlib.Path | None:
+        """The ONNX file onnxruntime runs; None when JAX runs the generator."""
+        return self._onnx.path if self._onnx is not None else None
 
     def resolve(self, height: int, width: int, mode: str | None = None) -> str:
         """The mode that runs for an image of this size: ``mode`` (default ``self.mode``),
@@ -244,11 +325,11 @@ class Inpainter:
         masks (1 = known), H and W multiples of 16. Returns float32 (B, H, W, 3)."""
         if self._onnx is not None:
             return self._onnx(images, known)
-        out = _predict(
+        out = _jitted_predict()(
             self.graphdef,
             self.state,
-            jnp.asarray(images, jnp.float32),
-            jnp.asarray(known, jnp.float32),
+            np.asarray(images, np.float32),
+            np.asarray(known, np.float32),
         )
         return np.asarray(out)
 

@@ -245,6 +245,29 @@ def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
     assert "| crop | 3 crops at 32x32 |" in proc.stdout
 
 
+@pytest.mark.slow
+def test_inpaint_benchmark_times_the_command_cold_and_warm_against_a_plain_script(
+        tiny_checkpoint):
+    """`--command-line`, one round, the tiny checkpoint at 32 px: the command cold then warm
+    (which compiles nothing and says so), and the plain script, whose result the benchmark
+    holds equal to the command's."""
+    cmd = [sys.executable, "-m", "isnet_jax.benchmarks.inpaint", "--command-line",
+           "--width=200", "--height=150", "--strokes=1", f"--checkpoint={tiny_checkpoint}",
+           "--size=32", "--crop-margin=8", "--rounds=1"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    medians = summary["medians"]
+    assert list(medians) == ["after cold", "after warm", "plain"]
+    assert medians["after cold"]["compilation"].startswith("compilation: ")
+    assert medians["after warm"]["compilation"].startswith(
+        "compilation: nothing compiled (onnxruntime, cached export ")
+    assert all(m["wall_s"] > 0 and m["cpu_s"] > 0 for m in medians.values())
+    assert summary["ratios"]["after warm / cold"] == pytest.approx(
+        medians["after warm"]["wall_s"] / medians["after cold"]["wall_s"], abs=0.01)
+    assert "| plain onnxruntime script |" in proc.stdout
+
+
 def test_export_benchmark_alternates_runtimes_each_in_its_own_process(tiny_checkpoint):
     """`python -m isnet_jax.benchmarks.export` with the tiny checkpoint at 32 px: JAX and
     onnxruntime (the quickest export), two rounds."""

@@ -9,11 +9,7 @@ from flax import nnx
 from isnet_jax import errors
 from isnet_jax.models.ablation import BaseModel, BaseModelFF, UNetGenerator
 from isnet_jax.models.generator import Generator
-
-# Every generator halves the resolution four times (its deepest branch is at 1/16): inputs are
-# H x W with H and W multiples of this, wherever a generator runs (inpainting pads to it, an
-# export accepts only such sizes).
-MULTIPLE = 16
+from isnet_jax.sizes import MULTIPLE  # noqa: F401 - models.MULTIPLE, as before
 
 GENERATORS: dict[str, type[nnx.Module]] = {
     "isnet": Generator,
