@@ -166,10 +166,16 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{duration:7.1f} s  {nodeid}")
 
 
+# Files that start first, longest first (seconds of one worker, measured): the rehearsal, then
+# the documents' run blocks (tests/docs/, each a file of whole commands), so that the many short
+# files fill the other worker around them instead of a long one running alone at the end.
+FIRST = ["test_rehearse.py", "test_doc_training.py", "test_doc_readme.py", "test_doc_scaling.py",
+         "test_doc_deploy.py", "test_doc_data.py", "test_doc_inference.py"]
+
+
 def pytest_collection_modifyitems(items):
-    # The rehearsal's file is the suite's longest unit of work (one xdist worker takes the whole
-    # file, setup.cfg's --dist=loadfile): it starts first, so that the other files fill the
-    # other worker around it instead of leaving it to run alone at the end. setup.cfg's
+    # One xdist worker takes a whole file (setup.cfg's --dist=loadfile); setup.cfg's
     # --no-loadscope-reorder keeps this order (xdist would otherwise start the files with the
-    # most tests first, and this one has five).
-    items.sort(key=lambda item: item.path.name != "test_rehearse.py")
+    # most tests first). sort is stable: the other files keep their collection order.
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST
+               else len(FIRST))

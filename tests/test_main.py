@@ -100,6 +100,7 @@ def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path, num_workers):
     assert checkpoint.all_steps(workdir)[-1] >= 2
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_and_skipped(tmp_path, caplog):
     """The newest step loses a data file: eval and resume fall back to the step before it with
     a warning that names the damaged one; asking for that step by number is one error line."""

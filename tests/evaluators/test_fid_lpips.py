@@ -374,6 +374,7 @@ def test_lpips_bad_files_name_the_file(tmp_path, weight_files):
 # The converter and the eval config
 
 
+@pytest.mark.slow
 def test_convert_cli_inception(tmp_path, weight_files, capsys):
     import subprocess
     import sys
