@@ -112,6 +112,7 @@ def test_truncated_legacy_file_names_itself(tmp_path):
 # FID
 
 
+@pytest.mark.slow
 def test_inception_features_match_pytorch_fid(features, vectors):
     # 48 px (enlarged to 299), 311x303 (shrunk, no antialiasing) and 299 (not resized).
     for name, ours in features.items():
@@ -121,6 +122,7 @@ def test_inception_features_match_pytorch_fid(features, vectors):
         assert error <= 5e-6 * np.abs(theirs).max(), (name, error)
 
 
+@pytest.mark.slow
 def test_fid_of_our_features_matches_pytorch_fid(features):
     # pytorch-fid's FID of its own features of the two sets, against ours of our features.
     # With method="sqrtm" this is 1.1e-6 relative, but scipy's sqrtm of a 2048x2048 singular
@@ -270,6 +272,7 @@ def test_streaming_statistics_equal_np_cov():
     np.testing.assert_allclose(stats.cov(), np.cov(kept, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_inception_round_trips_through_the_converted_npz(tmp_path, inception, features, vectors):
     inception.save(tmp_path / fid.NPZ_FILE)
     again = fid.InceptionV3.from_weights(tmp_path)  # a folder holding the .npz
