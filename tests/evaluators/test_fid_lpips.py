@@ -138,6 +138,7 @@ def _synthetic(case: str) -> tuple[np.ndarray, np.ndarray]:
                  for seed in ("seed_a", "seed_b"))
 
 
+@pytest.mark.slow  # 2048-square matrix square roots: seconds each on 2 cores
 def test_eigh_is_closer_than_scipys_sqrtm_to_the_exact_singular_value(vectors):
     # With 6 images, sigma_a = A A^T for the centred features A (2048 x 6): the non-zero
     # eigenvalues of sigma_a sigma_b are those of the 6x6 A^T sigma_b A, an exact route.
@@ -179,6 +180,7 @@ def sqrtm_rounding(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     return k, float(np.sqrt(np.finfo(np.float64).eps * np.linalg.norm(s1 @ s2, 2)))
 
 
+@pytest.mark.slow  # 2048-square matrix square roots: seconds each on 2 cores
 @pytest.mark.parametrize("case", ["singular", "full_rank"])
 def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
     a, b = _synthetic(case)
