@@ -108,6 +108,7 @@ def tiny(tmp_path_factory):
     return trainer, conv_dot_flops(step.jaxpr)
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_prints_the_documented_json(tiny):
     cmd = [sys.executable, "-m", "isnet_jax.benchmarks.train_step", *TINY, "--steps=2",
            "--repeats=2", "--warmup=1"]
@@ -197,6 +198,7 @@ print(json.dumps({"peer": "torch", "torch": "stand-in", "threads": 2,
 """
 
 
+@pytest.mark.slow
 def test_compare_torch_alternates_with_the_peer_and_divides(tmp_path):
     """`compare_torch` with the tiny step (compiled programs come from the test cache) and a
     stand-in for the PyTorch program that reports 3 and 5 s per step, 1 and 0.5 s per
@@ -221,6 +223,7 @@ def test_compare_torch_alternates_with_the_peer_and_divides(tmp_path):
     assert result["torch"] == "stand-in" and result["resolution"] == 32
 
 
+@pytest.mark.slow
 def test_inpaint_benchmark_runs_each_mode_in_its_own_process(tiny_checkpoint):
     """`python -m isnet_jax.benchmarks.inpaint` on a 200x150 photo with the tiny checkpoint."""
     cmd = [
@@ -268,6 +271,7 @@ def test_inpaint_benchmark_times_the_command_cold_and_warm_against_a_plain_scrip
     assert "| plain onnxruntime script |" in proc.stdout
 
 
+@pytest.mark.slow
 def test_export_benchmark_alternates_runtimes_each_in_its_own_process(tiny_checkpoint):
     """`python -m isnet_jax.benchmarks.export` with the tiny checkpoint at 32 px: JAX and
     onnxruntime (the quickest export), two rounds."""

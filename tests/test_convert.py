@@ -336,6 +336,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, golden_dir, gen_pth, dis_pth, gen_checkpoint):
     out = tmp_path / "converted"
     result = run_cli("--generator", gen_pth, "--discriminator", dis_pth,

@@ -1,252 +1,20 @@
-"""Every command of README.md and docs/*.md is checked by the suite.
+"""Every command of README.md and docs/*.md is checked by the suite (docs/testing.md,
+"Documentation commands"; tests/helpers/doc_blocks.py says how each marker is checked).
 
-Each fenced shell block (```bash, sh, shell, console) is preceded by a marker comment that says
-how (docs/testing.md, "Documentation commands"):
-
-    <!-- doc-test: run -->            run in bash, after the substitutions of ``SUBSTITUTIONS``
-                                      and with ``TINY`` appended to every isnet_jax.main command
-    <!-- doc-test: dry-run -->        each ``bash launch/*.sh`` command run with --dry-run
-    <!-- doc-test: install -->        each ``pip install`` names extras setup.cfg defines
-    <!-- doc-test: skip: REASON -->   not run; REASON says why and what covers it
-
-A block without a marker, or with an unknown one, fails ``test_every_block_is_marked`` with its
-file and line. ``pip install`` lines of a run block are checked as an install block, not run.
-
-The run blocks of one file run in order in one fresh folder (a later block may use what an
-earlier one wrote), holding stand-ins for the user's files (``_user_files``). Nothing is
-downloaded: the release's .pth files are the golden release-format ones, VGG19 comes from a
-local stand-in of its publisher (``$ISNET_JAX_WEIGHTS_TABLE``), the TFDS data is the tiny
-ArrayRecord dataset.
+The markers, installs and dry runs are checked here; the run blocks run in tests/docs/, one file
+per document (so that xdist spreads them over its workers), each beside the tests that read
+what its blocks wrote.
 """
 
 from __future__ import annotations
 
-import configparser
-import dataclasses
-import os
-import pathlib
 import re
 import shlex
 import shutil
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
-from helpers import tiny_dataset
-from helpers.tiny import TINY_FLAGS
-from PIL import Image
-
-from isnet_jax import weights
-from isnet_jax.rehearse.weights_server import serve, write_table
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
-KINDS = ("run", "dry-run", "install", "skip")
-
-# The one place where a documented command is changed before it runs: user paths become the
-# stand-ins, sizes and step counts become tiny. {golden}, {vgg19}, {ckpt}, {shared}, {tfds} and
-# {cwd} are filled in by the test.
-SUBSTITUTIONS = [
-    # The release's weights and torchvision's VGG19: the golden release-format files
-    # (blocks=2) and a random VGG19 of the real shapes.
-    ("InpaintingModel_gen.pth", "{golden}/InpaintingModel_gen.pth"),
-    ("InpaintingModel_dis.pth", "{golden}/InpaintingModel_dis.pth"),
-    ("vgg19-dcbb9e9d.pth", "{vgg19}"),
-    # "your checkpoint": the converted golden generator.
-    ("CKPT", "{ckpt}"),
-    # Folders outside the run's folder.
-    ("/tmp/isnet-demo", "{shared}/isnet-demo"),  # shared by README, training.md, scaling.md
-    ("/tmp/tfds", "{cwd}/tfds"),
-    ("/tmp/isnet-tfds", "{cwd}/isnet-tfds"),
-    ("~/data/", "{cwd}/data/"),
-    # Sizes and steps inside commands that are not isnet_jax.main's flags.
-    ("--height 256 --width 256", "--height 32 --width 32"),
-    ('"--config.num_train_steps=20"', '"--config.num_train_steps=2", "--config.image_size=32"'),
-]
-
-# Appended to every `python -m isnet_jax.main` command (later flags win): tiny sizes and steps,
-# the golden generator's block count (for init_from and --checkpoint), the tiny TFDS dataset in
-# place of CelebA / Places2.
-TINY = [*TINY_FLAGS, "--config.num_train_steps=2", "--config.model.blocks=2",
-        "--config.eval.num_images_final=2", "--config.data.num_workers=0",
-        f"--config.data.name={tiny_dataset.NAME}", "--config.data.data_dir={tfds}",
-        "--config.data.eval_split=test"]
-
-_FENCE = re.compile(r"^```(\S*)\s*$")
-_MARKER = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->$")
-
-
-@dataclasses.dataclass
-class Block:
-    path: pathlib.Path
-    line: int  # of the opening fence, 1-based
-    language: str
-    kind: str | None  # None: no marker
-    reason: str
-    text: str
-
-    def where(self) -> str:
-        return f"{self.path}:{self.line}"
-
-
-def documents(root: pathlib.Path) -> list[pathlib.Path]:
-    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
-
-
-def blocks(root: pathlib.Path) -> list[Block]:
-    """The fenced shell blocks of README.md and docs/*.md under ``root``, each with the marker
-    on the last non-blank line before it (kind None when there is none)."""
-    found = []
-    for path in documents(root):
-        lines = path.read_text().splitlines()
-        i = 0
-        while i < len(lines):
-            fence = _FENCE.match(lines[i])
-            if not fence:
-                i += 1
-                continue
-            end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith("```"))
-            if fence.group(1) in SHELL_LANGUAGES:
-                before = next((lines[j] for j in range(i - 1, -1, -1) if lines[j].strip()), "")
-                marker = _MARKER.match(before.strip())
-                kind, reason = None, ""
-                if marker:
-                    kind, _, reason = marker.group(1).partition(":")
-                    kind, reason = kind.strip(), reason.strip()
-                found.append(Block(path.relative_to(root), i + 1, fence.group(1), kind, reason,
-                                   "\n".join(lines[i + 1:end])))
-            i = end + 1
-    return found
-
-
-def problems(root: pathlib.Path) -> list[str]:
-    """One line per block whose marker is missing or wrong, naming its file and line."""
-    out = []
-    for block in blocks(root):
-        if block.kind is None:
-            out.append(f"{block.where()}: a ```{block.language} block without a "
-                       "<!-- doc-test: run|dry-run|install|skip: REASON --> marker")
-        elif block.kind not in KINDS:
-            out.append(f"{block.where()}: unknown marker kind {block.kind!r}")
-        elif block.kind == "skip" and not block.reason:
-            out.append(f"{block.where()}: a skip marker needs a reason (skip: REASON)")
-    return out
-
-
-def commands(text: str) -> list[str]:
-    """The block's commands: continuation lines joined, comments and blank lines dropped
-    (a heredoc stays one command with its body)."""
-    out, heredoc = [], None
-    for line in text.replace("\\\n", " ").splitlines():
-        if heredoc is not None:
-            out[-1] += "\n" + line
-            if line.strip() == heredoc:
-                heredoc = None
-            continue
-        line = re.sub(r"(^|\s)#(\s.*)?$", "", line).strip()
-        if not line:
-            continue
-        out.append(line)
-        here = re.search(r"<<-?\s*'?(\w+)'?", line)
-        if here:
-            heredoc = here.group(1)
-    return out
-
-
-def extras_defined() -> set[str]:
-    config = configparser.ConfigParser()
-    config.read(REPO / "setup.cfg")
-    return set(config["options.extras_require"])
-
-
-def check_install(command: str) -> None:
-    """A `pip install` line installs this checkout with extras setup.cfg defines; `git clone`
-    and `cd` lines pass."""
-    parts, current = [], []
-    for word in shlex.split(command) + ["&&"]:
-        if word == "&&":
-            parts.append(current)
-            current = []
-        else:
-            current.append(word)
-    for words in parts:
-        part = shlex.join(words)
-        if words[:2] == ["git", "clone"] or words[:1] == ["cd"]:
-            continue
-        assert words[:2] == ["pip", "install"], f"not an install command: {part}"
-        targets = [w for w in words[2:] if not w.startswith("-")]
-        assert targets, part
-        for target in targets:
-            match = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", target)
-            assert match, f"{part}: installs {target!r}, not this checkout"
-            for extra in (match.group(1) or "").split(","):
-                assert not extra or extra in extras_defined(), f"{part}: no extra {extra!r}"
-
-
-def check_dry_run(command: str) -> None:
-    words = shlex.split(command)
-    assert words[0] == "bash" and words[1].startswith("launch/"), \
-        f"a dry-run block holds launch scripts only: {command}"
-    result = subprocess.run(["bash", words[1], "--dry-run", *words[2:]], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, f"{command}\n{result.stderr}"
-    syntax = subprocess.run(["bash", "-n"], input=result.stdout, capture_output=True, text=True)
-    assert syntax.returncode == 0, f"{command}: its plan is not valid bash\n{syntax.stderr}"
-
-
-def runnable(command: str, values: dict[str, str]) -> str:
-    for old, new in SUBSTITUTIONS:
-        command = command.replace(old, new.format(**values))
-    if re.search(r"python3? -m isnet_jax\.main\b", command) and "<<" not in command:
-        command += " " + " ".join(shlex.quote(f.format(**values)) for f in TINY)
-    return command
-
-
-def _user_files(cwd: pathlib.Path) -> None:
-    """What a user has beside the commands: a photo and a mask, folders of them, a mask set."""
-    from skimage import data
-
-    rng = np.random.default_rng(0)
-    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
-    for folder in ("photos", "my_photos", "my_val", "data/places2/val"):
-        (cwd / folder).mkdir(parents=True)
-        for k, photo in enumerate(photos):
-            Image.fromarray(photo[:64, :64]).save(cwd / folder / f"p{k}.jpg")
-    (cwd / "masks").mkdir()
-    mask = np.full((64, 64), 255, np.uint8)
-    mask[20:40, 16:48] = 0  # black = hole, the default polarity
-    for k in range(len(photos)):
-        Image.fromarray(mask).save(cwd / "masks" / f"p{k}.png")
-    Image.fromarray(photos[0][:64, :64]).save(cwd / "photo.jpg")
-    Image.fromarray(mask).save(cwd / "mask.png")
-    masks = cwd / "data" / "testing_mask_dataset"
-    masks.mkdir(parents=True)
-    for k in range(10):
-        m = np.full((64, 64), 255, np.uint8)
-        side = int(rng.integers(10, 50))
-        m[:side, :side] = 0
-        Image.fromarray(m).save(masks / f"{k:05d}.png")
-    for name in ("isnet_jax", "configs", "launch", "tests", "setup.cfg"):
-        (cwd / name).symlink_to(REPO / name)
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory, golden_dir, vgg19_file, tiny_tfds):
-    """What the run blocks of every file share: the stand-ins and their folders."""
-    folder = tmp_path_factory.mktemp("docs_commands")
-    ckpt = folder / "ckpt"
-    subprocess.run([sys.executable, "-m", "isnet_jax.convert", "--generator",
-                    str(golden_dir / "InpaintingModel_gen.pth"), "--output", str(ckpt)],
-                   cwd=REPO, check=True, capture_output=True, timeout=300)
-    with serve({"vgg19": vgg19_file}) as server:
-        table = write_table(folder / "table.json", server, {"vgg19": vgg19_file})
-        env = {**os.environ, weights.TABLE_VARIABLE: str(table),
-               weights.CACHE_VARIABLE: str(folder / "cache"), "PYTHONPATH": str(REPO),
-               "PYTHONUNBUFFERED": "1"}
-        yield {"golden": str(golden_dir), "vgg19": str(vgg19_file), "ckpt": str(ckpt),
-               "shared": str(folder), "tfds": str(tiny_tfds), "env": env}
+from helpers.doc_blocks import blocks, check_dry_run, check_install, commands, problems
+from helpers.paths import REPO
 
 
 def test_every_block_is_marked():
@@ -292,26 +60,10 @@ def test_dry_run_blocks():
     assert {"launch/gpu.sh", "launch/slurm.sh", "launch/tpu_vm.sh"} <= scripts
 
 
-# Opt-in for now (`pytest -m docs_run`): the run blocks took about 30 minutes of one worker on a
-# loaded 2-core VM, more than the whole suite's budget; the fast tests above always run.
-@pytest.mark.slow
-@pytest.mark.docs_run
-@pytest.mark.parametrize("doc", [str(p.relative_to(REPO)) for p in documents(REPO)
-                                 if any(b.kind == "run" for b in blocks(REPO)
-                                        if b.path == p.relative_to(REPO))])
-def test_run_blocks(doc, shared, tmp_path):
-    cwd = tmp_path / "user"
-    cwd.mkdir()
-    _user_files(cwd)
-    values = {**{k: v for k, v in shared.items() if k != "env"}, "cwd": str(cwd)}
-    for block in blocks(REPO):
-        if str(block.path) != doc or block.kind != "run":
-            continue
-        script = [runnable(c, values) for c in commands(block.text) if not c.startswith("pip ")]
-        start = time.monotonic()
-        result = subprocess.run(["bash", "-c", "set -euo pipefail\n" + "\n".join(script)],
-                                cwd=cwd, env=shared["env"], capture_output=True, text=True,
-                                timeout=900)
-        log = (result.stdout + result.stderr)[-6000:]
-        assert result.returncode == 0, f"{block.where()} failed:\n" + "\n".join(script) + "\n" + log
-        print(f"{block.where()}: {time.monotonic() - start:.0f} s")
+def test_every_document_with_run_blocks_has_its_test_file():
+    """A document that gains its first run block needs a tests/docs/ file naming it (DOC), or
+    its blocks would run nowhere."""
+    with_runs = {str(b.path) for b in blocks(REPO) if b.kind == "run"}
+    covered = {re.search(r'^DOC = "(.+)"$', p.read_text(), re.M).group(1)
+               for p in (REPO / "tests" / "docs").glob("test_*.py")}
+    assert with_runs == covered

@@ -1,22 +1,15 @@
-"""Fine-tuning from the official weights (``config.init_from``) and the way back to the release's
-``.pth`` format (``python -m isnet_jax.convert --checkpoint``)."""
+"""``config.init_from``'s mistakes. Fine-tuning from the official weights and the way back to the
+release's ``.pth`` format are docs/training.md's commands, checked by
+tests/docs/test_doc_training.py."""
 
 from __future__ import annotations
 
 import logging
-import subprocess
-import sys
 
-import jax
-import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from flax import nnx
-from helpers.paths import REPO
 from helpers.tiny import tiny_config
 
 from isnet_jax import checkpoint, convert, train
-from isnet_jax.torch_io import pth
 
 
 @pytest.fixture(scope="module")
@@ -26,70 +19,6 @@ def official(golden_dir, tmp_path_factory):
     convert.convert(out, generator=golden_dir / "InpaintingModel_gen.pth",
                     discriminator=golden_dir / "InpaintingModel_dis.pth")
     return out
-
-
-def _pure(module) -> list[np.ndarray]:
-    return [np.asarray(x) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(module)))]
-
-
-def _rel(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    num = sum(float(np.sum((x - y) ** 2)) for x, y in zip(a, b, strict=True))
-    return (num / sum(float(np.sum(y**2)) for y in b)) ** 0.5
-
-
-def test_finetune_export_reimport(official, golden_dir, tmp_path, caplog):
-    workdir = tmp_path / "run"
-    config = tiny_config(num_train_steps=2, checkpoint_every_steps=2, init_from=str(official))
-    config.model.blocks = 2
-    train.train_and_evaluate(config, str(workdir))
-
-    g0, d0, _ = checkpoint.restore_models(official)
-    g2, d2, meta = checkpoint.restore_models(workdir)
-    assert meta["step"] == 2
-    # Trained from the official weights: moved, but nowhere near a new random draw.
-    for before, after in ((g0, g2), (d0, d2)):
-        assert 0.0 < _rel(_pure(after), _pure(before)) < 0.5
-    # Fresh optimiser states at step 0: two Adam steps counted, not the release's epoch.
-    with ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir)) as mngr:
-        opt = mngr.restore(2, args=ocp.args.Composite(g_opt=ocp.args.StandardRestore()))
-    # apply_if_finite(adam) as a raw tree: {"inner_state": [Adam's state, ...], ...}.
-    assert int(np.asarray(opt["g_opt"]["inner_state"][0]["count"])) == 2
-
-    exported = tmp_path / "exported"
-    out = subprocess.run(
-        [sys.executable, "-m", "isnet_jax.convert", "--checkpoint", str(workdir), "--step", "2",
-         "--output", str(exported)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "step 2" in out.stdout
-
-    # The release's keys, shapes and wrapping, as in its own files.
-    for name, key in (("InpaintingModel_gen.pth", "generator"),
-                      ("InpaintingModel_dis.pth", "discriminator")):
-        theirs, ours = pth.load_pth(golden_dir / name), pth.load_pth(exported / name)
-        assert set(ours) == set(theirs)
-        assert {k: v.shape for k, v in ours[key].items()} == {
-            k: v.shape for k, v in theirs[key].items()}
-    assert pth.load_pth(exported / "InpaintingModel_gen.pth")["epoch"] == 2
-    dis = pth.load_pth(exported / "InpaintingModel_dis.pth")["discriminator"]
-    np.testing.assert_array_equal(dis["features.0.weight_orig"], dis["conv1.0.weight_orig"])
-
-    # Re-imported through the release-format reader: exactly the trained weights.
-    g3 = convert.load_official_generator(exported / "InpaintingModel_gen.pth")
-    d3 = convert.load_official_discriminator(exported / "InpaintingModel_dis.pth")
-    for a, b in ((_pure(g2), _pure(g3)), (_pure(d2), _pure(d3))):
-        assert len(a) == len(b) > 0
-        for x, y in zip(a, b, strict=True):
-            np.testing.assert_array_equal(x, y)
-
-    # A workdir that holds a checkpoint resumes, whatever init_from says, and says so.
-    config.num_train_steps = 3
-    config.init_from = str(tmp_path / "does-not-exist")
-    with caplog.at_level(logging.WARNING):
-        train.train_and_evaluate(config, str(workdir))
-    assert "is ignored" in caplog.text and "does-not-exist" in caplog.text
-    assert checkpoint.resolve(workdir)[1] == 3
 
 
 def test_init_from_problems_name_the_file_and_key(official, tmp_path):

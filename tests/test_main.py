@@ -1,6 +1,6 @@
-"""The user's commands end to end: train (the demo config, shrunk), then --mode=eval."""
+"""The user's mistakes at the command line, Ctrl-C and damaged checkpoints. The demo's training
+and --mode=eval end to end are README's quick start, run by tests/docs/test_doc_readme.py."""
 
-import json
 import logging
 import os
 import signal
@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from helpers.fid_lpips_weights import write_weight_files
 from helpers.paths import REPO
 from helpers.processes import start_until
 from helpers.tiny import TINY_FLAGS, tiny_config
@@ -23,108 +22,6 @@ def _run(*args, timeout=900):
         [sys.executable, "-m", "isnet_jax.main", *args], cwd=REPO, capture_output=True,
         text=True, timeout=timeout, env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
-
-
-@pytest.mark.slow
-def test_demo_trains_writes_summaries_samples_checkpoints_then_evaluates(tmp_path):
-    workdir = tmp_path / "demo"
-    out = _run(f"--workdir={workdir}", *_TINY)  # no --config: the embedded demo config
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "step 4/4" in out.stderr
-    # The periodic evaluation: the held-out photos, the model beside every baseline.
-    assert "step 4: held-out PSNR " in out.stderr
-    line = out.stderr.split("step 4: held-out PSNR ")[1].splitlines()[0]
-    for part in ("mean-colour fill", "OpenCV Telea", "OpenCV Navier-Stokes",
-                 "on 4 images of skimage, held-out photos chelsea, coffee, rocket"):
-        assert part in line, line
-    assert list(workdir.glob("events.out.tfevents.*"))
-    assert (workdir / "samples" / "step_00000004.png").exists()
-    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "2", "4"
-    ]
-    # Orbax's per-save chatter stays out of the user's log.
-    assert "atomicity.py" not in out.stderr
-    # So do TensorFlow's oneDNN notice and JAX's search for a TPU: the first screen is ours.
-    for noise in ("oneDNN", "absl::InitializeLog", "Unable to initialize backend"):
-        assert noise not in out.stderr, noise
-
-    # A broken FID weights file: one line naming it, before anything is written.
-    weights = write_weight_files(tmp_path / "weights")
-    truncated = tmp_path / "pt_inception-truncated.pth"
-    truncated.write_bytes(weights["inception"].read_bytes()[:5_000_000])
-    out = _run(f"--workdir={workdir}", "--mode=eval", *_TINY,
-               f"--config.eval.fid_weights={truncated}")
-    assert out.returncode == 2, out.stderr[-3000:]
-    assert f"error: config.eval.fid_weights: {truncated} is a truncated" in out.stderr
-    assert "Traceback" not in out.stderr
-    assert not (workdir / "eval").exists()
-
-    out = _run(
-        f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.eval.num_images_final=4"
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "| PSNR |" in out.stdout and "| 10-20 % |" in out.stdout
-    assert "| skimage, held-out photos chelsea, coffee, rocket, step 4 |" in out.stdout
-    results = json.loads((workdir / "eval" / "step_4" / "results.json").read_text())
-    assert set(results["bands"]) == {"10-20", "20-30", "30-40", "40-50", "all"}
-    assert results["bands"]["all"]["images"] == 4
-    assert 0.0 < results["bands"]["10-20"]["psnr"] < 100.0
-    # The mean-colour fill baseline sits beside the model in every form of the report.
-    assert "| PSNR, mean-colour fill |" in out.stdout
-    assert "| PSNR, mean-colour fill |" in (workdir / "eval" / "step_4" / "table.md").read_text()
-    assert 0.0 < results["bands"]["10-20"]["mean_fill/psnr"] < 100.0
-    assert "mean-colour fill: PSNR" in out.stderr
-    # So do OpenCV's Telea and Navier-Stokes (evaluators/test_classical.py checks them).
-    for row in ("| PSNR, OpenCV Telea |", "| SSIM, OpenCV Navier-Stokes |"):
-        assert row in out.stdout
-    assert 0.0 < results["bands"]["all"]["telea/psnr"] < 100.0
-    assert "OpenCV Telea: PSNR" in out.stderr
-    from tensorboard.backend.event_processing import event_accumulator
-
-    events = event_accumulator.EventAccumulator(str(workdir / "eval"))
-    events.Reload()
-    assert {"10-20/mean_fill/psnr", "10-20/telea/psnr", "all/navier_stokes/l1_percent"} <= set(
-        events.Tags()["scalars"])
-    # Without weight files: the old rows, and one line saying how to add FID and LPIPS.
-    step_dir = workdir / "eval" / "step_4"
-    assert "| FID" not in out.stdout and "| LPIPS" not in out.stdout
-    note = [line for line in out.stdout.splitlines() if "not computed" in line]
-    assert len(note) == 1 and note[0].startswith("FID and LPIPS not computed: set config.eval.")
-    assert results["not_computed"] == note[0] and "fid" not in results["bands"]["all"]
-    assert sorted(p.name for p in step_dir.glob("sheet_*.png")) == [
-        "sheet_10-20.png", "sheet_20-30.png", "sheet_30-40.png", "sheet_40-50.png", "sheet_all.png"
-    ]
-    assert "10-20/sheet" in events.Tags()["images"]
-
-    # With the random-weight stand-ins for pytorch-fid's and lpips' files: every column.
-    (workdir / "eval").rename(tmp_path / "eval_without")
-    out = _run(
-        f"--workdir={workdir}", "--mode=eval", *_TINY, "--config.eval.num_images_final=4",
-        f"--config.eval.fid_weights={weights['inception']}", "--config.eval.fid_method=eigh",
-        f"--config.eval.lpips_backbone_weights={weights['alexnet']}",
-        f"--config.eval.lpips_lin_weights={weights['lin_alex']}",
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = (step_dir / "table.md").read_text()
-    for row in ("| FID |", "| FID, mean-colour fill |", "| LPIPS (alex) |",
-                "| LPIPS (alex), mean-colour fill |", "| PSNR |", "| PSNR, mean-colour fill |",
-                "| FID, OpenCV Telea |", "| LPIPS (alex), OpenCV Navier-Stokes |"):
-        assert row in out.stdout and row in table, row
-    fid_row = next(line for line in table.splitlines() if line.startswith("| FID |"))
-    assert fid_row.count("(n=4)") == 5  # the image count beside every FID
-    assert "not computed" not in out.stdout
-    results = json.loads((step_dir / "results.json").read_text())
-    assert results["fid"]["method"] == "eigh" and results["lpips"]["net"] == "alex"
-    for band in results["bands"].values():
-        assert band["fid"] > 0 and band["mean_fill/fid"] > 0 and band["fid_images"] == 4
-        assert 0 < band["lpips"] < 1 and 0 < band["mean_fill/lpips"] < 1
-        assert band["telea/fid"] > 0 and 0 < band["navier_stokes/lpips"] < 1
-    assert len(list(step_dir.glob("sheet_*.png"))) == 5
-    events = event_accumulator.EventAccumulator(str(workdir / "eval"))
-    events.Reload()
-    tags = events.Tags()
-    assert {"all/fid", "all/lpips", "all/mean_fill/fid"} <= set(tags["scalars"])
-    assert "all/sheet" in tags["images"]
 
 
 def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
@@ -203,6 +100,7 @@ def test_ctrl_c_saves_the_last_step_and_exits_130(tmp_path, num_workers):
     assert checkpoint.all_steps(workdir)[-1] >= 2
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_named_and_skipped(tmp_path, caplog):
     """The newest step loses a data file: eval and resume fall back to the step before it with
     a warning that names the damaged one; asking for that step by number is one error line."""

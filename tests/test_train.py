@@ -30,6 +30,7 @@ def _restore_items(workdir, step, items=("generator", "discriminator", "g_opt"))
     return {k: restored[k] for k in items}
 
 
+@pytest.mark.slow
 def test_resume_is_exact(tmp_path):
     """4 steps in one run == 2 + 2 steps across two runs (same data order included)."""
     config = tiny_config(num_train_steps=4, checkpoint_every_steps=2)
@@ -56,6 +57,7 @@ def test_resume_is_exact(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_data_loader_settings_or_model(tmp_path):
     """A resume the saved state cannot continue stops with the setting to change."""
     config = tiny_config(num_train_steps=2)
@@ -191,6 +193,7 @@ def _one_step(config, seed: int) -> tuple[dict, dict]:
     return jax.device_get(state), jax.device_get(metrics.compute())
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_step_tracks_float32(tmp_path):
     """The TPU/GPU setting (bfloat16 activations, float32 parameters, optimiser and losses),
     with every loss term on, against the float32 step on the same weights and batch."""
@@ -227,6 +230,7 @@ def test_bfloat16_compute_step_tracks_float32(tmp_path):
     assert distance["param_outliers"] < BF16_OUTLIERS, distance
 
 
+@pytest.mark.slow
 def test_remat_step_matches_plain_step():
     """``config.remat`` recomputes G's stages in the backward pass: same step, same result
     (spectral-norm vectors included: the power iteration runs inside the rematerialised stage)."""

@@ -26,6 +26,10 @@ from flax import nnx
 from isnet_jax import convert, sharding, train
 from isnet_jax.configs import default
 
+# Its module fixture compiles and runs the release's three training steps at blocks=2 (about
+# 30 s): the whole file is outside the inner loop, whichever of its tests starts first.
+pytestmark = pytest.mark.slow
+
 GRAD_RATIO = 4.0  # x the float32 run's distance, per tensor
 DELTA_RATIO = 10.0
 DELTA_MEDIAN_RATIO = 2.5

@@ -13,6 +13,7 @@ from isnet_jax.evaluators import classical
 BAND = (0.3, 0.4)
 
 
+@pytest.mark.slow
 def test_opencv_rows_are_cv2_inpaint_on_the_same_images_and_masks(tiny_checkpoint):
     config = tiny_config(**{"eval.batch_size": 4})
     g_def, g_state = nnx.split(checkpoint.restore_generator(tiny_checkpoint)[0])

@@ -112,6 +112,7 @@ def test_truncated_legacy_file_names_itself(tmp_path):
 # FID
 
 
+@pytest.mark.slow
 def test_inception_features_match_pytorch_fid(features, vectors):
     # 48 px (enlarged to 299), 311x303 (shrunk, no antialiasing) and 299 (not resized).
     for name, ours in features.items():
@@ -121,6 +122,7 @@ def test_inception_features_match_pytorch_fid(features, vectors):
         assert error <= 5e-6 * np.abs(theirs).max(), (name, error)
 
 
+@pytest.mark.slow
 def test_fid_of_our_features_matches_pytorch_fid(features):
     # pytorch-fid's FID of its own features of the two sets, against ours of our features.
     # With method="sqrtm" this is 1.1e-6 relative, but scipy's sqrtm of a 2048x2048 singular
@@ -136,6 +138,7 @@ def _synthetic(case: str) -> tuple[np.ndarray, np.ndarray]:
                  for seed in ("seed_a", "seed_b"))
 
 
+@pytest.mark.slow  # 2048-square matrix square roots: seconds each on 2 cores
 def test_eigh_is_closer_than_scipys_sqrtm_to_the_exact_singular_value(vectors):
     # With 6 images, sigma_a = A A^T for the centred features A (2048 x 6): the non-zero
     # eigenvalues of sigma_a sigma_b are those of the 6x6 A^T sigma_b A, an exact route.
@@ -177,6 +180,7 @@ def sqrtm_rounding(a: np.ndarray, b: np.ndarray) -> tuple[int, float]:
     return k, float(np.sqrt(np.finfo(np.float64).eps * np.linalg.norm(s1 @ s2, 2)))
 
 
+@pytest.mark.slow  # 2048-square matrix square roots: seconds each on 2 cores
 @pytest.mark.parametrize("case", ["singular", "full_rank"])
 def test_frechet_distance_equals_pytorch_fids_on_the_same_features(case):
     a, b = _synthetic(case)
@@ -270,6 +274,7 @@ def test_streaming_statistics_equal_np_cov():
     np.testing.assert_allclose(stats.cov(), np.cov(kept, rowvar=False), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_inception_round_trips_through_the_converted_npz(tmp_path, inception, features, vectors):
     inception.save(tmp_path / fid.NPZ_FILE)
     again = fid.InceptionV3.from_weights(tmp_path)  # a folder holding the .npz
@@ -374,6 +379,7 @@ def test_lpips_bad_files_name_the_file(tmp_path, weight_files):
 # The converter and the eval config
 
 
+@pytest.mark.slow
 def test_convert_cli_inception(tmp_path, weight_files, capsys):
     import subprocess
     import sys

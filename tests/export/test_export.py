@@ -226,6 +226,7 @@ def _status(argv: list[str]) -> int:
         return e.code
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_folder_only_once_the_new_export_is_complete(tiny_checkpoint,
                                                                             tmp_path):
     out = tmp_path / "out"

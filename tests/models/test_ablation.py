@@ -106,6 +106,9 @@ def test_remat_is_honoured(name, stages):
     assert checkpoints(True) == stages
 
 
+# Each variant's training step compiles for 10 s and more on 2 cores; ISNet's own step stays in
+# the inner loop (tests/test_train.py).
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VARIANTS)
 def test_jit_train_then_eval(name):
     """One train-mode forward (one power iteration per SN conv), then eval from its state.
