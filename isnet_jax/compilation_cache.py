@@ -18,9 +18,8 @@ the least recently used programs. That bound makes JAX lock the folder (``filelo
 each read and write, so runs sharing it at once do not read half-written programs. It also
 makes JAX keep an access time beside each program, and fail every write while one lacks it:
 ``enable`` adds those of programs written without a bound (by other JAX programs sharing
-``$JAX_COMPILATION_CACHE_DIR``). Every
-program is kept, however fast it compiled (JAX's default keeps those over 1 s only): a run
-that compiles nothing is then what the log can say.
+``$JAX_COMPILATION_CACHE_DIR``). Every program is kept, however fast it compiled (JAX's
+default keeps those over 1 s only): a run that compiles nothing is then what the log can say.
 
 Several processes (a pod, a SLURM job): JAX writes cache entries only from process 0
 (``jax._src.compiler._cache_write``: concurrent writers contend on shared file systems such as
