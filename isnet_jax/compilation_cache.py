@@ -15,9 +15,11 @@ defaults when set: ``JAX_COMPILATION_CACHE_DIR`` (the folder, when neither of ou
 
 Bounded: at most ``MAX_BYTES`` (JAX's ``jax_compilation_cache_max_size``); past it JAX deletes
 the least recently used programs. That bound makes JAX lock the folder (``filelock``) around
-each read and write, so runs sharing it at once do not read half-written programs. Every
-program is kept, however fast it compiled (JAX's default keeps those over 1 s only): a run
-that compiles nothing is then what the log can say.
+each read and write, so runs sharing it at once do not read half-written programs. It also
+makes JAX keep an access time beside each program, and fail every write while one lacks it:
+``enable`` adds those of programs written without a bound (by other JAX programs sharing
+``$JAX_COMPILATION_CACHE_DIR``). Every program is kept, however fast it compiled (JAX's
+default keeps those over 1 s only): a run that compiles nothing is then what the log can say.
 
 Several processes (a pod, a SLURM job): JAX writes cache entries only from process 0
 (``jax._src.compiler._cache_write``: concurrent writers contend on shared file systems such as
@@ -27,6 +29,14 @@ write nothing. So hosts never overwrite each other's entries, whether each host 
 or they share one (an NFS home on SLURM: process 0 fills it, the others load from it). A
 program's key covers its devices and their topology: a pod's programs and a one-process run's
 never mix.
+
+CPU processes of one run (``python -m isnet_jax.rehearse``, a CPU SLURM job) share keys too:
+JAX hashes a CPU program's topology per process, so process 1 never found what process 0
+wrote and compiled every program again, every run (the rehearsal's second host spent 35 s of
+each start on the training step alone). For programs that span several CPU processes
+``enable`` hashes what all of them see alike instead: every device's id, process and kind, and
+this machine's processor (so hosts of other CPU models never load each other's code). TPU and
+GPU programs, and one-process programs, keep JAX's keys.
 """
 
 from __future__ import annotations
@@ -87,13 +97,74 @@ def enable(setting: str | None = None) -> pathlib.Path | None:
         jax.config.update("jax_compilation_cache_dir", str(folder))
         if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
             jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+        if jax.config.jax_compilation_cache_max_size > 0:
+            _add_access_times(folder)
         if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if not _enabled:
+        _share_cpu_keys()
         jax.monitoring.register_event_listener(_on_event)
         jax.monitoring.register_event_duration_secs_listener(_on_duration)
     _enabled["folder"] = folder
     return folder
+
+
+def _add_access_times(folder: pathlib.Path) -> None:
+    # A bounded cache (JAX's LRU eviction) reads the access-time file beside every entry
+    # before each write, and fails the write when one is missing: entries written by JAX
+    # without a bound (another JAX program's in a shared $JAX_COMPILATION_CACHE_DIR, a test
+    # process's) have none, and then no command of ours saved anything again. Such an entry
+    # counts as last used when it was written.
+    try:
+        for entry in folder.glob("*-cache"):
+            atime = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+            if not atime.exists():
+                atime.write_bytes(entry.stat().st_mtime_ns.to_bytes(8, "little"))
+    except OSError:
+        pass  # a folder we cannot write: JAX says so at its first write
+
+
+def _processor() -> str:
+    """This machine's processor model and instruction-set flags (Linux), else what
+    ``platform`` knows: compiled CPU code is only loaded where it can run."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [line for line in f.read().split("\n\n")[0].splitlines()
+                     if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        if lines:
+            return "\n".join(lines)
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _share_cpu_keys() -> None:
+    # See the module docstring. JAX computes a key in jax._src.cache_key.get, which looks
+    # _hash_accelerator_config up by name at each call; where that changes, keys stay JAX's.
+    try:
+        from jax._src import cache_key
+    except ImportError:
+        return
+    original = getattr(cache_key, "_hash_accelerator_config", None)
+    hash_string = getattr(cache_key, "_hash_string", None)
+    if original is None or hash_string is None or getattr(original, "_isnet_jax", False):
+        return
+    processor = _processor()
+
+    def hash_accelerator_config(hash_obj, accelerators) -> None:
+        devices = list(accelerators.flat)
+        if (len({d.process_index for d in devices}) > 1
+                and all(d.platform == "cpu" for d in devices)):
+            for d in devices:
+                hash_string(hash_obj, f"{d.device_kind}/{d.id}/{d.process_index}")
+            hash_string(hash_obj, processor)
+        else:
+            original(hash_obj, accelerators)
+
+    hash_accelerator_config._isnet_jax = True
+    cache_key._hash_accelerator_config = hash_accelerator_config
 
 
 def _on_event(event: str, **_) -> None:

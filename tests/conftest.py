@@ -118,6 +118,11 @@ def pytest_configure(config):
     cache = pathlib.Path(tempfile.gettempdir()) / "isnet_jax_test_jax_cache"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    # Bounded as the commands' (compilation_cache.MAX_BYTES): JAX writes an access time beside
+    # each program only then, and a bounded writer fails on any program without one.
+    from isnet_jax import compilation_cache
+
+    jax.config.update("jax_compilation_cache_max_size", compilation_cache.MAX_BYTES)
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     # What the commands keep between runs (compilation_cache.py) stays out of ~/.cache.

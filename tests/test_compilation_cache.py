@@ -108,3 +108,25 @@ def test_the_cache_is_bounded_and_keeps_every_program(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.splitlines() == [str(tmp_path / compilation_cache.FOLDER),
                                        f"{compilation_cache.MAX_BYTES} 0.0"]
+
+
+def test_programs_written_without_a_bound_do_not_stop_ours(tmp_path):
+    # Another JAX program sharing $JAX_COMPILATION_CACHE_DIR writes without a size bound, so
+    # without access times; JAX's bounded writer then failed every write of ours.
+    folder = tmp_path / "shared"
+    theirs = ("import jax, jax.numpy as jnp\n"
+              f"jax.config.update('jax_compilation_cache_dir', {str(folder)!r})\n"
+              "jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)\n"
+              "jax.jit(lambda x: x * 2)(jnp.ones(3)).block_until_ready()\n")
+    ours = ("import jax, jax.numpy as jnp\nfrom isnet_jax import compilation_cache as c\n"
+            "c.enable()\njax.jit(lambda x: x + 3)(jnp.ones(5)).block_until_ready()\n")
+    for code, env in ((theirs, _env(tmp_path)),
+                      (ours, _env(tmp_path, JAX_COMPILATION_CACHE_DIR=str(folder)))):
+        before = set(folder.glob("*-cache"))
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "Error writing persistent compilation cache" not in out.stderr, out.stderr
+        assert set(folder.glob("*-cache")) > before
+    assert not [p for p in folder.glob("*-cache")
+                if not p.with_name(p.name.removesuffix("-cache") + "-atime").exists()]

@@ -54,6 +54,13 @@ _START_TIMEOUT_S = 30.0
 #   (2026.7) omits: TensorStore reads an object's generation from it, takes a missing one for
 #   0, and then refuses the conditional write that OCDBT makes to its manifest ("Malformed
 #   StorageGeneration"): Orbax saves failed at random without it.
+# - A ranged download (TensorStore reads one array of a checkpoint's OCDBT data file, tens of
+#   MB, per request) read the whole object from disk to slice out the range: a multi-host
+#   restore of a tiny model's 270 MB took 80 s, and requests queued that long timed out in the
+#   client and were retried with back-off. It reads the range alone.
+# - The listening socket's queue holds 1,024 connections, not http.server's 5: the hosts'
+#   TensorStore clients open dozens at once, and a connection the queue drops is retried by
+#   TCP a second or more later.
 # - objects.move (POST .../o/SRC/moveTo/o/DST), which real GCS serves and gcsfs uses for every
 #   rename: the emulator answered 501, which gcsfs retries with back-off before copying, so
 #   setting aside an unfinished checkpoint step took 90 s and logged a traceback per file.
@@ -67,14 +74,34 @@ if sys.platform.startswith("linux"):
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
     if os.getppid() != int(sys.argv[1]):
         sys.exit(0)
+import http.server, re
+http.server.HTTPServer.request_queue_size = 1024
 from gcp_storage_emulator.handlers import objects
+class _OnDisk:
+    def __init__(self, path):
+        self.path = path
+    def __len__(self):
+        return os.path.getsize(self.path)
+    def __getitem__(self, part):
+        with open(self.path, "rb") as f:
+            f.seek(part.start)
+            return f.read(part.stop - part.start)
 _download = objects.download
 def download(request, response, storage, *args, **kwargs):
+    bucket, name = request.params["bucket_name"], request.params["object_id"]
     try:
-        obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+        obj = storage.get_file_obj(bucket, name)
     except Exception:
         obj = {}
-    _download(request, response, storage, *args, **kwargs)
+    if (re.fullmatch(r"^\s*bytes=([0-9]+)-([0-9]*)$", request.get_header("range", None) or "")
+            and not storage._use_memory_fs):
+        path = storage._store._disk_path(storage._object_path(bucket, name))
+        if path.is_file():
+            storage.get_file = lambda *a, **k: _OnDisk(path)
+    try:
+        _download(request, response, storage, *args, **kwargs)
+    finally:
+        storage.__dict__.pop("get_file", None)
     if obj.get("generation") and response.status.value in (200, 206):
         response["x-goog-generation"] = str(obj["generation"])
         response["x-goog-metageneration"] = str(obj.get("metageneration", 1))
