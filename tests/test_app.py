@@ -155,6 +155,7 @@ def test_page_in_chromium_paints_a_stroke_and_shows_the_result(app, files, tmp_p
     assert app.proc.poll() is None, app.output()
 
 
+@pytest.mark.slow
 def test_api_reports_bad_input_and_keeps_serving(app, client, files):
     photo, mask = _photo(files["photo"]), gradio_client.handle_file(str(files["mask"]))
     cases = [
@@ -193,6 +194,7 @@ def test_api_reports_bad_input_and_keeps_serving(app, client, files):
     assert app.startup_s < 60, app.startup_s  # "starts in seconds": measured ~ 10 s here
 
 
+@pytest.mark.slow
 def test_two_requests_at_once_get_their_own_results(app, client, files, tiny_checkpoint):
     inpainter = Inpainter.from_checkpoint(tiny_checkpoint, size=SIZE, margin=MARGIN)
     requests = [("photo", "mask", "crop"), ("other", "other_mask", "pad")]

@@ -158,6 +158,7 @@ def test_tiny_benchmark_prints_the_documented_json(tiny):
         "SC_PHYS_PAGES"), (held, record["peak_memory_bytes"])
 
 
+@pytest.mark.slow
 def test_step_parts_are_the_pieces_of_the_step(tiny):
     """``--parts`` compiles these functions alone; counted here, they must be the networks'
     forward and backward passes the step is made of."""

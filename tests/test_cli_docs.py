@@ -68,6 +68,7 @@ def test_an_argparse_command_lists_exactly_its_flags(command):
     assert section["old"] == parser.deprecated_aliases(), FIX
 
 
+@pytest.mark.slow
 def test_an_absl_command_lists_exactly_its_own_flags():
     """absl's own flags (help, logging) and its libraries' (grain's, TensorFlow's) are left out:
     the page says so; the command's own are those defined in isnet_jax."""

@@ -21,6 +21,7 @@ def official(golden_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_init_from_problems_name_the_file_and_key(official, tmp_path):
     config = tiny_config(init_from=str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="no Orbax checkpoint found at .*nope"):

@@ -183,6 +183,7 @@ def _subprocess_env(cache: pathlib.Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_cli_reproduces_release_composite(golden_dir, tmp_path):
     golden = np.load(golden_dir / "golden.npz")
     images, masks, out = (tmp_path / d for d in ("images", "masks", "out"))
@@ -229,6 +230,7 @@ def _holes(h: int, w: int, *boxes: tuple[int, int, int, int]) -> np.ndarray:
     return known
 
 
+@pytest.mark.slow
 def test_crop_mode_keeps_known_pixels_of_odd_rgb_grey_and_rgba(crop_inpainter):
     rng = np.random.default_rng(2)
     rgba = rng.integers(0, 256, (75, 113, 4), dtype=np.uint8)  # odd sizes, random alpha

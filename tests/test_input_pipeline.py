@@ -311,6 +311,7 @@ def test_skimage_split_holds_out_whole_photos(monkeypatch):
         input_pipeline._skimage_photo.cache_clear()
 
 
+@pytest.mark.slow
 def test_two_workers_are_deterministic_and_restore(image_folder, mask_folder):
     config = _config(image_folder, mask_folder, num_workers=2)
     make = input_pipeline.create_train_iterator

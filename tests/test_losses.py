@@ -31,11 +31,13 @@ def golden_terms(golden_dir):
 
 
 @pytest.mark.parametrize("term", ["l1", "perceptual", "style", "g_adv", "feature_matching"])
+@pytest.mark.slow
 def test_unweighted_term_matches_release(golden_terms, term):
     terms, _, _, ref = golden_terms
     assert abs(float(terms[term]) - ref[term]) <= 1e-3 * abs(ref[term]), (float(terms[term]), ref)
 
 
+@pytest.mark.slow
 def test_d_hinge_matches_release_minus_its_constant_offset(golden_terms):
     # The release evaluates the real side as 1 + mean(relu(1 - D)): 0.5 above the standard form.
     terms, _, _, ref = golden_terms
@@ -43,6 +45,7 @@ def test_d_hinge_matches_release_minus_its_constant_offset(golden_terms):
     assert abs(float(terms["d_loss"]) - expected) <= 1e-3 * abs(expected)
 
 
+@pytest.mark.slow
 def test_prediction_is_the_release_eval_output(golden_terms):
     _, pred, z, _ = golden_terms
     assert float(jnp.max(jnp.abs(pred - z["out_eval"]))) < 1e-4

@@ -31,6 +31,7 @@ def test_eval_without_checkpoint_is_one_clear_error(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_missing_vgg_weights_stop_with_instructions(tmp_path):
     """VGG on, no vgg_weights, an empty cache and the publisher unreachable: one line naming
     the file, its URL and where to put it by hand."""
@@ -73,6 +74,7 @@ def test_config_mistakes_are_one_line_and_leave_no_workdir(tmp_path, args, says)
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_a_failed_start_leaves_no_workdir(tmp_path):
     workdir = tmp_path / "new"
     out = _run(f"--workdir={workdir}", *_TINY, f"--config.init_from={tmp_path / 'nope'}")

@@ -223,6 +223,7 @@ def test_a_cached_export_is_found_without_orbax_and_a_changed_checkpoint_is_expo
     assert not np.array_equal(remade.predict(images, known), made.predict(images, known))
 
 
+@pytest.mark.slow
 def test_a_missing_onnxruntime_names_the_extra(tiny_checkpoint, tmp_path):
     hide = ("import runpy, sys\n"
             "class Hidden:\n"

@@ -79,6 +79,7 @@ def test_resume_refuses_other_data_loader_settings_or_model(tmp_path):
     assert checkpoint.all_steps(tmp_path) == [2, 4]
 
 
+@pytest.mark.slow
 def test_a_non_finite_update_is_never_applied_and_names_its_term():
     """An all-known mask makes the hole-normalised L1 0 / 0: G's update is dropped at once (D's,
     finite, goes on), the step counts as skipped and the guard names the term."""
@@ -102,6 +103,7 @@ def test_a_non_finite_update_is_never_applied_and_names_its_term():
     assert train.nonfinite_names(int(guard["nonfinite_terms"])) == ["l1", "g_loss"]
 
 
+@pytest.mark.slow
 def test_consecutive_non_finite_steps_stop_the_run_naming_the_term(tmp_path):
     config = tiny_config(num_train_steps=6, checkpoint_every_steps=1, log_every_steps=3,
                          max_consecutive_skips=3)
@@ -306,6 +308,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path, num_workers, whole_group
     assert len(steps) == 1 and steps[0] >= 3, steps
 
 
+@pytest.mark.slow
 def test_init_state_is_new_on_every_call_and_survives_a_donating_step():
     from isnet_jax import sharding
 
@@ -326,6 +329,7 @@ def test_init_state_is_new_on_every_call_and_survives_a_donating_step():
     assert type(g).__name__ == "Generator" and type(d).__name__ == "Discriminator"
 
 
+@pytest.mark.slow
 def test_each_loss_reaches_only_its_own_network():
     """D's loss leaves G's parameters unchanged and G's loss leaves D's unchanged."""
     from isnet_jax import sharding

@@ -264,6 +264,7 @@ def test_the_server_down_is_one_line_naming_file_url_and_path(server, tmp_path):
         checkpoint.resolve("isnet_places2")
 
 
+@pytest.mark.slow
 def test_a_read_only_or_full_cache_is_one_line(server, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -290,6 +291,7 @@ def test_a_read_only_or_full_cache_is_one_line(server, tmp_path):
     assert _files(cache) == []
 
 
+@pytest.mark.slow
 def test_a_gs_cache_is_written_once_and_read(server, gcs, gs_dir, monkeypatch, vgg19_file):
     from etils import epath
     from helpers.tiny import tiny_config
@@ -315,6 +317,7 @@ def test_a_gs_cache_is_written_once_and_read(server, gcs, gs_dir, monkeypatch, v
     assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
 
 
+@pytest.mark.slow
 def test_several_processes_download_once(server, tmp_path):
     import socket
 

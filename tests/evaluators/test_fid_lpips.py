@@ -284,6 +284,7 @@ def test_inception_round_trips_through_the_converted_npz(tmp_path, inception, fe
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_inception_bad_files_name_the_file(tmp_path, weight_files):
     good = weight_files["inception"]
     raw = good.read_bytes()
@@ -479,6 +480,7 @@ def test_eval_config_loads_and_checks_the_weight_files(weight_files):
         fid.FeatureStats(4).cov()
 
 
+@pytest.mark.slow
 def test_speed_benchmark_runs_in_a_tiny_mode():
     import json
     import subprocess

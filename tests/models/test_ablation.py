@@ -153,6 +153,7 @@ def test_jit_train_then_eval(name):
     np.testing.assert_allclose(y_eval, y_train, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_unet_eager_bfloat16_compute():
     model = _build("unet", jnp.bfloat16)
     x = _masked_batch(1)[:1, :16, :16]

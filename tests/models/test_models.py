@@ -102,6 +102,7 @@ def test_spectral_norm_keeps_the_raw_kernel_as_parameter():
     np.testing.assert_array_equal(np.asarray(conv.kernel[...]), raw)
 
 
+@pytest.mark.slow
 def test_generator_output_range_and_size_check():
     g = models.Generator(1, rngs=nnx.Rngs(0))
     y = g(jnp.full((1, 32, 48, 3), 0.5), train=False)
@@ -111,6 +112,7 @@ def test_generator_output_range_and_size_check():
         g(jnp.zeros((1, 40, 32, 3)))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters():
     g = models.Generator(1, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(g, nnx.Param)))
