@@ -46,6 +46,7 @@ def test_init_from_problems_name_the_file_and_key(official, tmp_path):
         train.train_and_evaluate(config, str(tmp_path / "d"))
 
 
+@pytest.mark.slow
 def test_init_from_without_discriminator_warns(golden_dir, tmp_path, caplog):
     only_g = tmp_path / "only_g"
     convert.convert(only_g, generator=golden_dir / "InpaintingModel_gen.pth")

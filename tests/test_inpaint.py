@@ -425,6 +425,7 @@ def test_a_photo_too_large_to_decode_says_how_large_and_the_limit(
             assert err == "" and (tmp_path / "out" / "photo30.png").exists()
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_step_is_skipped_and_asking_for_it_is_one_line(
     tiny_checkpoint, tmp_path, capsys, caplog
 ):

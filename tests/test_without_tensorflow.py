@@ -224,6 +224,7 @@ def _python_without_tf(code: str) -> subprocess.CompletedProcess:
     return out
 
 
+@pytest.mark.slow
 def test_the_export_library_names_the_extra(tiny_checkpoint, tmp_path):
     out = _python_without_tf(
         "from isnet_jax import checkpoint, errors, export\n"

@@ -154,6 +154,7 @@ def _convs(module):
     lambda r: models.Discriminator(rngs=r),
     lambda r: models.UNetGenerator(rngs=r),
 ], ids=["isnet", "discriminator", "unet"])
+@pytest.mark.slow
 def test_release_initialisation_statistics(build):
     """docs/reference/isnet.md, "Initialisation": kernels ~ N(0, 0.001), biases 0, u and v random
     unit vectors with no power iteration."""
