@@ -39,12 +39,11 @@ import json
 import os
 import pathlib
 import sys
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from isnet_jax import compilation_cache, errors, extras
+from isnet_jax import atomic, compilation_cache, errors, extras
 
 if TYPE_CHECKING:
     from flax import nnx
@@ -208,15 +207,8 @@ def cached_model(
     if meta is not None:
         onnx.helper.set_model_props(model, {META_PROPERTY: json.dumps(meta)})
     folder.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=folder)
-    os.close(fd)
-    try:
-        os.chmod(partial, 0o644)  # as a file the user saves (mkstemp's is 0o600)
-        onnx.save(model, partial)
-        os.replace(partial, path)
-    except BaseException:
-        pathlib.Path(partial).unlink(missing_ok=True)
-        raise
+    with atomic.written(path) as partial:
+        onnx.save(model, str(partial))
     for old in sorted(folder.glob("*.onnx"), key=lambda p: p.stat().st_mtime)[:-MAX_MODELS]:
         old.unlink(missing_ok=True)
     return path
