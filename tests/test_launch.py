@@ -10,71 +10,19 @@ from __future__ import annotations
 
 import os
 import pathlib
-import re
 import shlex
 import shutil
 import subprocess
 
 import pytest
+from helpers.launch import LAUNCH, REPO, batch_script, find, flag, plan, remote_main, run
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
 SHELL_FILES = sorted(LAUNCH.glob("*.sh"))
 # The launch scripts; common.sh is not one: they source it for their shared functions.
 SCRIPTS = [p for p in SHELL_FILES if p.name != "common.sh"]
 
-# Settings the scripts read from the environment: cleared so a user's shell cannot leak in.
-SETTINGS = (
-    "TPU_NAME ZONE PROJECT ACCELERATOR_TYPE RUNTIME_VERSION QUEUED SPOT WORKDIR CONFIG "
-    "TFDS_DATA_DIR SOURCE REPO_URL GIT_REF PYTHON_VERSION PIP_EXTRAS LOG_WORKER KEEP_TPU DRY_RUN "
-    "NODES GPUS_PER_NODE PARTITION ACCOUNT TIME_LIMIT CPUS_PER_TASK MEM JOB_NAME SETUP_CMD "
-    "PYTHON LOG_DIR CUDA_VISIBLE_DEVICES INSTALL"
-).split()
-
 TPU = ("gcloud", "compute", "tpus", "tpu-vm")
 QR = ("gcloud", "compute", "tpus", "queued-resources")
-
-
-def run(script: str, *args: str, env: dict[str, str] | None = None, cwd=None):
-    full_env = {k: v for k, v in os.environ.items() if k not in SETTINGS}
-    full_env.update(env or {})
-    return subprocess.run(
-        ["bash", str(LAUNCH / script), *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd or REPO,
-        timeout=30,
-    )
-
-
-def plan(script: str, *args: str, env: dict[str, str] | None = None) -> list[list[str]]:
-    """Runs a dry run; returns its commands (comment lines dropped) as argument lists."""
-    res = run(script, "--dry-run", *args, env=env)
-    assert res.returncode == 0, res.stderr
-    syntax = subprocess.run(["bash", "-n"], input=res.stdout, capture_output=True, text=True)
-    assert syntax.returncode == 0, f"dry-run output is not valid shell:\n{syntax.stderr}"
-    lines = [line for line in res.stdout.splitlines() if line and line[0] != "#"]
-    assert lines[0] == "set -euo pipefail"
-    return [shlex.split(line) for line in lines[1:]]
-
-
-def find(cmds: list[list[str]], *prefix: str) -> list[list[str]]:
-    return [c for c in cmds if tuple(c[: len(prefix)]) == prefix]
-
-
-def flag(cmd: list[str], name: str) -> str:
-    values = [a.split("=", 1)[1] for a in cmd if a.startswith(name + "=")]
-    assert len(values) == 1, f"{name} in {cmd}"
-    return values[0]
-
-
-def remote_main(command: str) -> list[str]:
-    """The isnet_jax.main invocation inside a worker command (nested in `bash -c '...'`)."""
-    words = shlex.split(command)
-    inner = words[words.index("bash") + 2]  # setsid nohup bash -c INNER
-    main = next(part for part in inner.split(" && ") if "isnet_jax.main" in part)
-    return shlex.split(main.split(";")[0])
 
 
 TPU_ARGS = (
@@ -354,12 +302,6 @@ SLURM_ARGS = (
 )
 
 
-def _batch_script(stdout: str) -> str:
-    match = re.search(r"<<'ISNET_SBATCH_EOF'\n(.*?)\nISNET_SBATCH_EOF\n", stdout, re.S)
-    assert match, stdout
-    return match.group(1) + "\n"
-
-
 def test_slurm_plan(tmp_path):
     res = run(
         "slurm.sh",
@@ -371,7 +313,7 @@ def test_slurm_plan(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert subprocess.run(["bash", "-n"], input=res.stdout, text=True).returncode == 0
-    script = _batch_script(res.stdout)
+    script = batch_script(res.stdout)
     for line in (
         "#SBATCH --nodes=2",
         "#SBATCH --ntasks-per-node=4",
@@ -409,7 +351,7 @@ def test_slurm_batch_script_is_shellcheck_clean(tmp_path):
     res = run("slurm.sh", "--dry-run", *SLURM_ARGS, f"--log-dir={tmp_path}")
     check = subprocess.run(
         ["shellcheck", "-s", "bash", "-"],
-        input=_batch_script(res.stdout),
+        input=batch_script(res.stdout),
         capture_output=True,
         text=True,
     )
@@ -425,7 +367,7 @@ def test_slurm_submits_the_printed_script(tmp_path):
     assert res.returncode == 0, res.stderr
     assert _calls(log) == [["sbatch", f"{logs}/isnet-jax.sbatch"]]
     dry = run("slurm.sh", "--dry-run", *SLURM_ARGS, f"--log-dir={logs}")
-    assert (logs / "isnet-jax.sbatch").read_text() == _batch_script(dry.stdout)
+    assert (logs / "isnet-jax.sbatch").read_text() == batch_script(dry.stdout)
 
 
 @pytest.mark.parametrize(

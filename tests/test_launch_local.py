@@ -18,7 +18,7 @@ import sys
 
 import pytest
 from helpers import tiny_dataset
-from test_launch import _batch_script, find, flag, plan, remote_main
+from helpers.launch import batch_script, find, flag, plan, remote_main
 
 from isnet_jax import weights
 from isnet_jax.rehearse.weights_server import serve, write_table
@@ -109,7 +109,7 @@ def test_documented_launch_command_trains_here(script, tmp_path, tiny_tfds, stan
                                   *args[:cut], f"--log-dir={tmp_path}", *args[cut:]],
                                  capture_output=True, text=True, cwd=REPO, timeout=30)
             assert res.returncode == 0, res.stderr
-            (srun,) = [shlex.split(line) for line in _batch_script(res.stdout).splitlines()
+            (srun,) = [shlex.split(line) for line in batch_script(res.stdout).splitlines()
                        if line.startswith("srun ")]
             # What srun gives one task (JAX's SLURM detection reads these): here, one task of
             # one node on this machine.
