@@ -57,7 +57,9 @@ _START_TIMEOUT_S = 30.0
 # - A ranged download (TensorStore reads one array of a checkpoint's OCDBT data file, tens of
 #   MB, per request) read the whole object from disk to slice out the range: a multi-host
 #   restore of a tiny model's 270 MB took 80 s, and requests queued that long timed out in the
-#   client and were retried with back-off. It reads the range alone.
+#   client and were retried with back-off. It reads the range alone (through a per-request
+#   get_file on the storage object: safe because the emulator's HTTPServer is single-threaded,
+#   one request at a time).
 # - The listening socket's queue holds 1,024 connections, not http.server's 5: the hosts'
 #   TensorStore clients open dozens at once, and a connection the queue drops is retried by
 #   TCP a second or more later.
