@@ -160,8 +160,30 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict[str, Any]:
     return dict(_restore(mngr, step, **{META: ocp.args.JsonRestore()})[META])
 
 
-def generator_meta(name: str, blocks: int, source: str) -> dict[str, Any]:
-    return {"format": FORMAT_VERSION, "generator": name, "blocks": blocks, "source": source}
+def generator_meta(name: str, blocks: int, source: str,
+                   width: int = models.WIDTH) -> dict[str, Any]:
+    return {"format": FORMAT_VERSION, "generator": name, "blocks": blocks, "width": width,
+            "source": source}
+
+
+def saved_model(meta: dict[str, Any]) -> tuple[str, int, int]:
+    """``(generator, blocks, width)`` of a checkpoint's meta (without a width: the release's,
+    as every checkpoint before the width option)."""
+    return meta.get("generator"), meta.get("blocks"), meta.get("width", models.WIDTH)
+
+
+def config_model(config) -> tuple[str, int, int]:
+    """``(generator, blocks, width)`` that ``config.model`` asks for."""
+    return config.model.generator, config.model.blocks, config.model.get("width", models.WIDTH)
+
+
+def describe_model(model: tuple[str, int, int]) -> str:
+    return f"generator {model[0]!r} with blocks={model[1]}, width={model[2]}"
+
+
+def model_flags(model: tuple[str, int, int]) -> str:
+    return (f"--config.model.generator={model[0]} --config.model.blocks={model[1]} "
+            f"--config.model.width={model[2]}")
 
 
 def abstract_pure_state(module: nnx.Module, sharding: jax.sharding.Sharding | None = None) -> dict:
@@ -230,7 +252,7 @@ def restore_models(
     step: int | None = None,
     *,
     dtype: jnp.dtype = jnp.float32,
-    expect: tuple[str, int] | None = None,
+    expect: tuple[str, int, int] | None = None,
     with_discriminator: bool = True,
     sharding: jax.sharding.Sharding | None = None,
 ) -> tuple[nnx.Module, nnx.Module | None, dict[str, Any]]:
@@ -238,9 +260,10 @@ def restore_models(
     and spectral-norm vectors.
 
     ``path`` is a training workdir, its ``checkpoints/`` folder, a folder written by
-    ``python -m isnet_jax.convert``, or one step's folder. ``expect``, a ``(generator, blocks)``
-    pair, is checked against the checkpoint's meta before anything is restored. Returns
-    ``(generator, discriminator_or_None, meta)``; ``meta["step"]`` is the restored step.
+    ``python -m isnet_jax.convert``, or one step's folder. ``expect``, ``(generator, blocks,
+    width)`` (``config_model``), is checked against the checkpoint's meta before anything is
+    restored. Returns ``(generator, discriminator_or_None, meta)``; ``meta["step"]`` is the
+    restored step.
 
     Without ``step``, a damaged latest step (a file missing or truncated) is skipped with a
     warning that names it, for the newest intact one; a damaged ``step`` asked for by number
@@ -271,19 +294,17 @@ def _restore_models(directory, step, dtype, expect, with_discriminator, sharding
 def _read_models(directory, step, dtype, expect, with_discriminator, sharding):
     with _manager(directory) as mngr:
         meta = read_meta(mngr, step)
-        model = (meta.get("generator"), meta.get("blocks"))
+        model = saved_model(meta)
         if expect is not None and model != tuple(expect):
             raise errors.ConfigError(
-                f"{directory / str(step) / META} holds generator {model[0]!r} with "
-                f"blocks={model[1]}, but the config asks for {expect[0]!r} with "
-                f"blocks={expect[1]}: set --config.model.generator={model[0]} "
-                f"--config.model.blocks={model[1]} to match"
+                f"{directory / str(step) / META} holds {describe_model(model)}, but the config "
+                f"asks for {describe_model(expect)}: set {model_flags(model)} to match"
             )
         # Built abstractly: running the initialisers eagerly would cost far more than the restore.
         g = _restore_module(
             mngr, step, GENERATOR,
             nnx.eval_shape(lambda: models.create_generator(
-                model[0], model[1], dtype=dtype, rngs=nnx.Rngs(0))),
+                model[0], model[1], width=model[2], dtype=dtype, rngs=nnx.Rngs(0))),
             sharding,
         )
         d = None
@@ -370,7 +391,8 @@ def save_train_state(
     import grain
 
     step = int(jax.device_get(state["step"]))
-    meta = generator_meta(config.model.generator, config.model.blocks, "isnet-jax training")
+    meta = generator_meta(config.model.generator, config.model.blocks, "isnet-jax training",
+                          config_model(config)[2])
     # What the data loader's saved position depends on (checked before a resume).
     meta["data"] = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
     items = {
@@ -439,12 +461,12 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, config) -> bool:
     """
     meta = read_meta(mngr, step)
     where = f"the checkpoint of step {step} in {mngr.directory}"
-    model = (meta.get("generator"), meta.get("blocks"))
-    if model != (config.model.generator, config.model.blocks):
+    model = saved_model(meta)
+    if model != config_model(config):
         raise errors.ConfigError(
-            f"{where} holds generator {model[0]!r} with blocks={model[1]}, but this config has "
-            f"{config.model.generator!r} with blocks={config.model.blocks}: set "
-            "--config.model.generator / --config.model.blocks to match, or use a new workdir."
+            f"{where} holds {describe_model(model)}, but this config has "
+            f"{describe_model(config_model(config))}: set {model_flags(model)} to match, or use "
+            "a new workdir."
         )
     if meta.get("format", 1) < FORMAT_VERSION:
         raise errors.ConfigError(

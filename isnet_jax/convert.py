@@ -38,7 +38,7 @@ from flax import nnx
 
 from isnet_jax import atomic, checkpoint, cli, errors
 from isnet_jax.evaluators import fid
-from isnet_jax.models import Conv, Discriminator, Generator, count_params
+from isnet_jax.models import WIDTH, Conv, Discriminator, Generator, count_params
 from isnet_jax.models.vgg import VGG_FILE, load_torchvision_vgg19, load_vgg19, save_vgg19
 from isnet_jax.torch_io import torch_weights
 from isnet_jax.torch_io.pth import PthError, load_pth, save_pth
@@ -294,6 +294,12 @@ def export_official_checkpoint(
             f"{path} holds the {meta['generator']!r} generator; the release's format exists only "
             "for ISNet (model.generator='isnet')"
         )
+    width = checkpoint.saved_model(meta)[2]
+    if width != WIDTH:
+        raise errors.ConfigError(
+            f"{path} holds an ISNet of width {width}; the release's code builds width "
+            f"{WIDTH} only, so its .pth format cannot hold this one (train with "
+            f"model.width={WIDTH} to export to it)")
     output = pathlib.Path(output)
     for name in (GEN_FILE, DIS_FILE):
         if (output / name).exists() and not overwrite:

@@ -126,7 +126,7 @@ class Trainer:
         ``FileNotFoundError`` / ``ValueError`` naming the file (and key) on a mismatch."""
         path, step = checkpoint.split_step(source)
         g, d, meta = checkpoint.restore_models(
-            path, step, expect=(self.config.model.generator, self.config.model.blocks),
+            path, step, expect=checkpoint.config_model(self.config),
             sharding=sharding.replicated(self.mesh))
         weights = dict(zip(("g_params", "g_spectral"), split_module(g)[1:], strict=True))
         logging.info("Initialising G from %s, step %d (%s).", path, meta["step"],
@@ -264,9 +264,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _log_setup(config, mesh, trainer: Trainer) -> None:
     g_params = sum(x.size for x in jax.tree.leaves(trainer.abstract_state["g_params"]))
     logging.info(
-        "Training %s (blocks=%d, %s G parameters) at %dx%d, global batch %d, %s compute, on %d "
-        "%s device(s) in %d process(es), mesh %s.",
-        config.model.generator, config.model.blocks, f"{g_params:,}", config.image_size,
+        "Training %s (blocks=%d%s, %s G parameters) at %dx%d, global batch %d, %s compute, on "
+        "%d %s device(s) in %d process(es), mesh %s.",
+        config.model.generator, config.model.blocks,
+        "" if config.model.width == models.WIDTH else f", width={config.model.width}",
+        f"{g_params:,}", config.image_size,
         config.image_size, config.batch_size, config.compute_dtype, jax.device_count(),
         jax.devices()[0].platform, jax.process_count(), dict(mesh.shape))
     if trainer.nets.vgg_def is None:

@@ -407,3 +407,23 @@ def test_cli_rejects_bad_generator_files(tmp_path, gen_pth, dis_pth, case):
     assert re.search(message, lines[0]), lines[0]
     assert not out.exists()
     assert not MARKER.exists()
+
+
+def test_a_narrower_checkpoint_restores_at_its_width_and_is_no_release_file(tmp_path):
+    """``model.width`` travels in the checkpoint's meta: the restore builds that width, a config
+    of another width is told the flag to pass, and the release's .pth format (width 32 only)
+    refuses it by name."""
+    from isnet_jax.models import Discriminator, Generator
+
+    folder = tmp_path / "narrow"
+    g, d = Generator(1, width=8, rngs=nnx.Rngs(0)), Discriminator(rngs=nnx.Rngs(1))
+    checkpoint.write_models(folder, 3, checkpoint.generator_meta("isnet", 1, "test", width=8),
+                            g, d)
+    g2, _, meta = checkpoint.restore_models(folder)
+    assert checkpoint.saved_model(meta) == ("isnet", 1, 8)
+    assert count_params(g2) == count_params(g) < count_params(Generator(1, rngs=nnx.Rngs(0))) / 10
+    with pytest.raises(errors.ConfigError, match="--config.model.width=8 to match"):
+        checkpoint.restore_models(folder, expect=("isnet", 1, 32))
+    with pytest.raises(errors.ConfigError, match="holds an ISNet of width 8"):
+        convert.export_official_checkpoint(folder, tmp_path / "pth")
+    assert not (tmp_path / "pth").exists()

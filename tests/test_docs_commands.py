@@ -20,22 +20,28 @@ from helpers.paths import REPO
 def test_every_block_is_marked():
     assert problems(REPO) == []
     kinds = {b.kind for b in blocks(REPO)}
-    assert {"run", "dry-run", "install", "skip"} <= kinds
+    assert {"run", "dry-run", "install", "skip", "same"} <= kinds
 
 
 def test_an_unmarked_block_fails(tmp_path):
-    """A new block without a marker (or a skip without a reason) is named with its line."""
+    """A new block without a marker (or a skip without a reason, or a same block with a command
+    the document it names does not run) is named with its line."""
     shutil.copy(REPO / "README.md", tmp_path / "README.md")
     shutil.copytree(REPO / "docs", tmp_path / "docs")
     assert problems(tmp_path) == []
     doc = tmp_path / "docs" / "training.md"
     line = len(doc.read_text().splitlines()) + 4
     doc.write_text(doc.read_text() + "\nNew:\n\n```bash\npython -m isnet_jax.main --workdir=x\n"
-                   "```\n\n<!-- doc-test: skip: -->\n```sh\nls\n```\n")
+                   "```\n\n<!-- doc-test: skip: -->\n```sh\nls\n```\n"
+                   "\n<!-- doc-test: same: README.md -->\n```bash\n"
+                   "python -m isnet_jax.main --workdir=/tmp/isnet-demo  # README's\n"
+                   "python -m isnet_jax.main --workdir=/tmp/elsewhere\n```\n")
     assert problems(tmp_path) == [
         f"docs/training.md:{line}: a ```bash block without a "
-        "<!-- doc-test: run|dry-run|install|skip: REASON --> marker",
-        f"docs/training.md:{line + 5}: a skip marker needs a reason (skip: REASON)"]
+        "<!-- doc-test: run|dry-run|install|skip: REASON|same: DOC --> marker",
+        f"docs/training.md:{line + 5}: a skip marker needs a reason (skip: REASON)",
+        f"docs/training.md:{line + 10}: 'python -m isnet_jax.main --workdir=/tmp/elsewhere' is "
+        "not a command of a run block of README.md"]
 
 
 def test_install_blocks():

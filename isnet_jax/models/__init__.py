@@ -2,7 +2,8 @@
 
 Generators by config name (``config.model.generator``): ``isnet`` -> ``Generator``, and Table 1's
 ablations ``basemodel`` -> ``BaseModel``, ``basemodel_ff`` -> ``BaseModelFF``, ``unet`` ->
-``UNetGenerator``. Each is ``Name(blocks=4, *, dtype=float32, remat=False, rngs=...)``.
+``UNetGenerator``. Each is ``Name(blocks=4, *, dtype=float32, remat=False, rngs=...)``; ISNet's
+also takes ``width`` (32, the release's).
 ``build_networks(config)`` gives the initialised G and D a config describes, ``load_vgg`` its VGG19.
 """
 
@@ -15,7 +16,7 @@ from isnet_jax.models.build import (
                                     uses_vgg,
 )
 from isnet_jax.models.discriminator import Discriminator
-from isnet_jax.models.generator import Generator
+from isnet_jax.models.generator import WIDTH, Generator
 from isnet_jax.models.layers import Conv, SpectralState, init_weights, pixel_shuffle
 from isnet_jax.models.registry import GENERATORS, MULTIPLE, count_params, create_generator
 from isnet_jax.models.vgg import VGG19
@@ -31,6 +32,7 @@ __all__ = [
     "SpectralState",
     "UNetGenerator",
     "VGG19",
+    "WIDTH",
     "abstract_networks",
     "build_networks",
     "compute_dtype",

@@ -7,8 +7,10 @@ branch 0 down, sub-pixel convs carry branch 1 up) -> Aggregation (a conv reduces
 concatenation). A final fusion up-samples the 1/16-scale 512-channel branch back to full
 resolution and merges it with branch 0.
 
-Shapes for an input (B, H, W, 3) with H, W multiples of 16:
+Shapes for an input (B, H, W, 3) with H, W multiples of 16 (``width`` = 32, the release's):
   stem -> [32 @ H]; stage k -> [32 @ H, 32*2^(k+1) @ H/2^(k+1)]; output (B, H, W, 3) in [0, 1].
+A smaller ``width`` scales every channel count with it (tests and rehearsals: 1/16 of the
+parameters at width 8); only width 32 has the release's shapes.
 
 ``TwoStream`` is that network with the switches Table 1's ablation turns (activation,
 up-sampling, final fusion): ``Generator`` is ISNet, ``ablation.BaseModel`` / ``BaseModelFF``
@@ -33,7 +35,7 @@ from isnet_jax.models.layers import (
     upsample_bilinear,
 )
 
-WIDTHS = (32, 64, 128, 256, 512)
+WIDTH = 32  # branch 0's channels in the release; branch 1's are 2, 4, 8, 16 times it
 MAX_BLOCKS = 4  # the paper's model; docs/reference/isnet.md gives the release's counts for 1..4
 
 
@@ -98,13 +100,15 @@ class BilinearUp:
 
 
 class Stem(nnx.Module):
-    """``act(conv2(act(conv1(x))) + shortcut(x))``: 3 -> 32 channels at full resolution."""
+    """``act(conv2(act(conv1(x))) + shortcut(x))``: 3 -> ``width`` (32) channels at full
+    resolution."""
 
-    def __init__(self, *, act: Activation = jnp.tanh, dtype, rngs: nnx.Rngs):
+    def __init__(self, width: int = WIDTH, *, act: Activation = jnp.tanh, dtype,
+                 rngs: nnx.Rngs):
         self.act = act
-        self.shortcut = Conv(3, 32, 1, spectral_norm=False, dtype=dtype, rngs=rngs)
-        self.conv1 = Conv(3, 64, 3, padding=1, dtype=dtype, rngs=rngs)
-        self.conv2 = Conv(64, 32, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.shortcut = Conv(3, width, 1, spectral_norm=False, dtype=dtype, rngs=rngs)
+        self.conv1 = Conv(3, 2 * width, 3, padding=1, dtype=dtype, rngs=rngs)
+        self.conv2 = Conv(2 * width, width, 3, padding=1, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         y = self.conv2(self.act(self.conv1(x, train=train)), train=train)
@@ -112,20 +116,24 @@ class Stem(nnx.Module):
 
 
 class Stage(nnx.Module):
-    """Stage ``k`` (0..3): [32 @ 1, c1_in @ 1/2^k] -> [32 @ 1, c1_out @ 1/2^(k+1)].
+    """Stage ``k`` (0..3): [w @ 1, c1_in @ 1/2^k] -> [w @ 1, c1_out @ 1/2^(k+1)], w = ``width``
+    (32).
 
     Stage 0 takes branch 0 only and creates branch 1. Branch 1 reaches full size by ``k``
-    sub-pixel steps (``subpixel``, 32 channels on arrival) or by bilinear up-sampling (c1_in
+    sub-pixel steps (``subpixel``, w channels on arrival) or by bilinear up-sampling (c1_in
     channels, so ``reduce0`` is wider); ``act_before_up`` puts an activation ahead of the
     bilinear up-sampling (BaseModel).
     """
 
     def __init__(self, k: int, c1_in: int, c1_out: int, blocks: int, *, act: Activation,
-                 subpixel: bool, act_before_up: bool = False, dtype, rngs: nnx.Rngs):
+                 subpixel: bool, act_before_up: bool = False, width: int = WIDTH, dtype,
+                 rngs: nnx.Rngs):
         self.k = k
+        w = width
         kw = dict(act=act, dtype=dtype, rngs=rngs)
-        self.blocks0 = Sequential([ResBlock(32, 1, **kw) for _ in range(blocks)])
-        self.down0 = Sequential([ConvAct(32 << s, 64 << s, stride=2, **kw) for s in range(k + 1)])
+        self.blocks0 = Sequential([ResBlock(w, 1, **kw) for _ in range(blocks)])
+        self.down0 = Sequential([ConvAct(w << s, 2 * w << s, stride=2, **kw)
+                                 for s in range(k + 1)])
         if k > 0:
             self.blocks1 = Sequential([ResBlock(c1_in, 2, **kw) for _ in range(blocks)])
             if subpixel:
@@ -133,11 +141,11 @@ class Stage(nnx.Module):
             else:
                 self.up1 = BilinearUp(1 << k, act if act_before_up else None)
             self.down1 = ConvAct(c1_in, 2 * c1_in, stride=2, **kw)
-            self.reduce0 = ConvAct(32 + (32 if subpixel else c1_in), 32, **kw)
-            self.reduce1 = ConvAct((32 << (k + 1)) + 2 * c1_in, c1_out, **kw)
+            self.reduce0 = ConvAct(w + (w if subpixel else c1_in), w, **kw)
+            self.reduce1 = ConvAct((w << (k + 1)) + 2 * c1_in, c1_out, **kw)
         else:
-            self.reduce0 = ConvAct(32, 32, **kw)
-            self.reduce1 = ConvAct(64, c1_out, **kw)
+            self.reduce0 = ConvAct(w, w, **kw)
+            self.reduce1 = ConvAct(2 * w, c1_out, **kw)
 
     def __call__(self, xs: list[jax.Array], *, train: bool = False) -> list[jax.Array]:
         x0 = self.blocks0(xs[0], train=train)
@@ -161,7 +169,9 @@ class TwoStream(nnx.Module):
       subpixel: branch 1 is carried up by sub-pixel convs (ISNet) or bilinearly (ablations).
       final_fusion: the output merges the up-sampled 1/16 branch with branch 0 (7x7 conv, act,
         3x3 conv); without it the output is a 1x1 conv of branch 0.
-      act_before_up, last_width, final2_sn: the ablation code's particulars (see ``ablation``).
+      act_before_up, last_width, final2_sn: the ablation code's particulars (see ``ablation``);
+        ``last_width`` None: ``16 * width``.
+      width: branch 0's channels (the release's 32); branch 1's are 2, 4, 8, 16 times it.
       remat: recompute each stage's activations in the backward pass instead of storing them.
     """
 
@@ -173,35 +183,39 @@ class TwoStream(nnx.Module):
         subpixel: bool,
         final_fusion: bool,
         act_before_up: bool = False,
-        last_width: int = WIDTHS[-1],
+        last_width: int | None = None,
         final2_sn: bool = True,
+        width: int = WIDTH,
         remat: bool = False,
         dtype: jnp.dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         check_blocks(blocks)
+        check_width(width)
         self.blocks = blocks
         self.remat = remat
         self.act = act
         self.final_fusion = final_fusion
         kw = dict(dtype=dtype, rngs=rngs)
-        widths = WIDTHS[:-1] + (last_width,)  # branch 1's width into each stage, and out
-        self.stem = Stem(act=act, **kw)
+        last_width = last_width or width << 4
+        # Branch 1's width into each stage, and out of the last.
+        widths = tuple(width << i for i in range(4)) + (last_width,)
+        self.stem = Stem(width, act=act, **kw)
         self.stages = nnx.List([
             Stage(k, widths[k], widths[k + 1], blocks, act=act, subpixel=subpixel,
-                  act_before_up=act_before_up, **kw)
+                  act_before_up=act_before_up, width=width, **kw)
             for k in range(4)
         ])
         if not final_fusion:
-            self.final = Conv(32, 3, 1, use_bias=True, spectral_norm=False, **kw)
+            self.final = Conv(width, 3, 1, use_bias=True, spectral_norm=False, **kw)
             return
         if subpixel:
             self.up = Sequential([Up(last_width >> s, act=act, **kw) for s in range(4)])
         else:
             self.up = BilinearUp(16)
-        merged = 32 + (32 if subpixel else last_width)
-        self.final1 = Conv(merged, 32, 7, padding=3, use_bias=True, **kw)
-        self.final2 = Conv(32, 3, 3, padding=1, use_bias=True, spectral_norm=final2_sn, **kw)
+        merged = width + (width if subpixel else last_width)
+        self.final1 = Conv(merged, width, 7, padding=3, use_bias=True, **kw)
+        self.final2 = Conv(width, 3, 3, padding=1, use_bias=True, spectral_norm=final2_sn, **kw)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         check_spatial_size(x.shape)
@@ -220,6 +234,8 @@ class Generator(TwoStream):
 
     Args:
       blocks: residual blocks per branch per stage (1..4; the paper's model uses 4).
+      width: branch 0's channels, 32 in the release (the only width its weights fit); a
+        smaller one (8: 1/16 of the parameters) for tests and rehearsals of the pipeline.
       dtype: compute dtype (parameters stay float32).
       remat: recompute each stage's activations in the backward pass instead of storing them
         (less memory for large batches, about one more forward of compute).
@@ -230,12 +246,13 @@ class Generator(TwoStream):
         self,
         blocks: int = MAX_BLOCKS,
         *,
+        width: int = WIDTH,
         dtype: jnp.dtype = jnp.float32,
         remat: bool = False,
         rngs: nnx.Rngs,
     ):
-        super().__init__(blocks, act=jnp.tanh, subpixel=True, final_fusion=True, remat=remat,
-                         dtype=dtype, rngs=rngs)
+        super().__init__(blocks, act=jnp.tanh, subpixel=True, final_fusion=True, width=width,
+                         remat=remat, dtype=dtype, rngs=rngs)
 
 
 def to_image(y: jax.Array) -> jax.Array:
@@ -249,6 +266,13 @@ def check_blocks(blocks: int) -> None:
             f"model.blocks must be 1..{MAX_BLOCKS} (residual blocks per branch per stage), got "
             f"{blocks}; set --config.model.blocks=4 for the paper's model"
         )
+
+
+def check_width(width: int) -> None:
+    if not (isinstance(width, int) and width >= 1):
+        raise errors.ConfigError(
+            f"model.width must be a whole number of channels, at least 1, got {width!r}; "
+            f"{WIDTH} is the release's (the only width its weights fit)")
 
 
 def check_spatial_size(shape: tuple[int, ...], multiple: int = 16) -> None:

@@ -10,6 +10,9 @@ how (docs/testing.md, "Documentation commands"):
     <!-- doc-test: dry-run -->        each ``bash launch/*.sh`` command run with --dry-run
     <!-- doc-test: install -->        each ``pip install`` names extras setup.cfg defines
     <!-- doc-test: skip: REASON -->   not run; REASON says why and what covers it
+    <!-- doc-test: same: DOC -->      every command is a command of a run block of DOC (a path
+                                      like README.md), which runs it: a command repeated in
+                                      another document runs once
 
 A block without a marker, or with an unknown one, fails ``test_every_block_is_marked`` with its
 file and line. ``pip install`` lines of a run block are checked as an install block, not run.
@@ -40,7 +43,7 @@ from helpers.paths import REPO
 from helpers.tiny import TINY_FLAGS
 
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
-KINDS = ("run", "dry-run", "install", "skip")
+KINDS = ("run", "dry-run", "install", "skip", "same")
 
 # The one place where a documented command is changed before it runs: user paths become the
 # stand-ins, sizes and step counts become tiny. {golden}, {vgg19}, {ckpt}, {shared}, {tfds} and
@@ -54,7 +57,7 @@ SUBSTITUTIONS = [
     # "your checkpoint": the converted golden generator.
     ("CKPT", "{ckpt}"),
     # Folders outside the run's folder.
-    ("/tmp/isnet-demo", "{shared}/isnet-demo"),  # shared by README, training.md, scaling.md
+    ("/tmp/isnet-demo", "{shared}/isnet-demo"),  # README's quick start (docs/ repeat it: same)
     ("/tmp/tfds", "{cwd}/tfds"),
     ("/tmp/isnet-tfds", "{cwd}/isnet-tfds"),
     ("~/data/", "{cwd}/data/"),
@@ -72,8 +75,9 @@ TINY = [*TINY_FLAGS, "--config.num_train_steps=4", "--config.eval.num_images_fin
         "--config.data.num_workers=0", f"--config.data.name={tiny_dataset.NAME}",
         "--config.data.data_dir={tfds}", "--config.data.eval_split=test"]
 # Added for the release's configs (a --config= other than the demo's): the golden generator's
-# block count, which init_from and --checkpoint need, and half the release's 4 to compile.
-RELEASE_CONFIG_TINY = ["--config.model.blocks=2"]
+# block count and width, which init_from and --checkpoint need (blocks: half the release's 4 to
+# compile).
+RELEASE_CONFIG_TINY = ["--config.model.blocks=2", "--config.model.width=32"]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->$")
@@ -124,16 +128,30 @@ def blocks(root: pathlib.Path) -> list[Block]:
 
 def problems(root: pathlib.Path) -> list[str]:
     """One line per block whose marker is missing or wrong, naming its file and line."""
-    out = []
-    for block in blocks(root):
+    out, found = [], blocks(root)
+    for block in found:
         if block.kind is None:
             out.append(f"{block.where()}: a ```{block.language} block without a "
-                       "<!-- doc-test: run|dry-run|install|skip: REASON --> marker")
+                       "<!-- doc-test: run|dry-run|install|skip: REASON|same: DOC --> marker")
         elif block.kind not in KINDS:
             out.append(f"{block.where()}: unknown marker kind {block.kind!r}")
         elif block.kind == "skip" and not block.reason:
             out.append(f"{block.where()}: a skip marker needs a reason (skip: REASON)")
+        elif block.kind == "same":
+            out.extend(_same_problems(block, found))
     return out
+
+
+def _same_problems(block: Block, found: list[Block]) -> list[str]:
+    """A ``same: DOC`` block whose commands are not all commands of DOC's run blocks."""
+    run = {c for b in found if str(b.path) == block.reason and b.kind == "run"
+           for c in commands(b.text)}
+    if not run:
+        return [f"{block.where()}: same: {block.reason!r} names no document with run blocks"]
+    if not commands(block.text):
+        return [f"{block.where()}: an empty block marked same"]
+    return [f"{block.where()}: {c!r} is not a command of a run block of {block.reason}"
+            for c in commands(block.text) if c not in run]
 
 
 def commands(text: str) -> list[str]:

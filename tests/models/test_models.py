@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from isnet_jax import models
+from isnet_jax import errors, models
 from isnet_jax.models import layers
 
 
@@ -193,3 +193,24 @@ def test_orthogonal_initialisation_makes_every_kernel_an_isometry():
         assert s.max() / s.min() == pytest.approx(1.0, abs=1e-4)
     with pytest.raises(ValueError, match="unknown init scheme 'xavier'"):
         models.init_weights(d, "xavier", rngs=nnx.Rngs(0))
+
+
+def _kernel_shapes(module) -> dict[str, tuple[int, ...]]:
+    flat = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    return {"/".join(map(str, path)): tuple(v.shape) for path, v in flat if len(v.shape) == 4}
+
+
+def test_a_narrower_generator_scales_every_inner_channel_count():
+    """``model.width`` (tests and rehearsals): every kernel of the release's width 32 has, at
+    width 8, a quarter of its channels on each side, except the image's own 3 channels."""
+    full = _kernel_shapes(nnx.eval_shape(lambda: models.Generator(1, rngs=nnx.Rngs(0))))
+    narrow = _kernel_shapes(nnx.eval_shape(lambda: models.Generator(1, width=8,
+                                                                    rngs=nnx.Rngs(0))))
+    assert set(full) == set(narrow) and len(full) > 20
+    for key, (kh, kw, cin, cout) in full.items():
+        assert narrow[key] == (kh, kw, cin if cin == 3 else cin // 4,
+                               cout if cout == 3 else cout // 4), key
+    g = models.Generator(1, width=8, rngs=nnx.Rngs(0))
+    assert g(jnp.zeros((1, 32, 48, 3))).shape == (1, 32, 48, 3)
+    with pytest.raises(errors.ConfigError, match="model.width=8 is for the isnet generator"):
+        models.create_generator("unet", 1, width=8, rngs=nnx.Rngs(0))
