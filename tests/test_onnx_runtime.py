@@ -202,7 +202,7 @@ def test_a_cached_export_is_found_without_orbax_and_a_changed_checkpoint_is_expo
     found = Inpainter.from_cached_export(folder, **options)
     assert found is not None and found.onnx_path == made.onnx_path
     assert found.meta == made.meta == {"format": 2, "generator": "isnet", "blocks": 1,
-                                       "source": "test", "step": 3}
+                                       "width": 32, "source": "test", "step": 3}
     assert Inpainter.from_cached_export(folder, runtime="jax") is None
     rng = np.random.default_rng(0)
     images = rng.random((1, 32, 32, 3), np.float32)
