@@ -210,7 +210,10 @@ def test_a_narrower_generator_scales_every_inner_channel_count():
     for key, (kh, kw, cin, cout) in full.items():
         assert narrow[key] == (kh, kw, cin if cin == 3 else cin // 4,
                                cout if cout == 3 else cout // 4), key
-    g = models.Generator(1, width=8, rngs=nnx.Rngs(0))
-    assert g(jnp.zeros((1, 32, 48, 3))).shape == (1, 32, 48, 3)
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: models.Generator(1, width=8,
+                                                                      rngs=nnx.Rngs(0))))
+    out = jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state,
+                         jax.ShapeDtypeStruct((1, 32, 48, 3), jnp.float32))
+    assert out.shape == (1, 32, 48, 3)
     with pytest.raises(errors.ConfigError, match="model.width=8 is for the isnet generator"):
         models.create_generator("unet", 1, width=8, rngs=nnx.Rngs(0))
