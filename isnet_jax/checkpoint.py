@@ -174,16 +174,19 @@ def saved_model(meta: dict[str, Any]) -> tuple[str, int, int]:
 
 def config_model(config) -> tuple[str, int, int]:
     """``(generator, blocks, width)`` that ``config.model`` asks for."""
-    return config.model.generator, config.model.blocks, config.model.get("width", models.WIDTH)
+    return config.model.generator, config.model.blocks, config.model.width
 
 
-def describe_model(model: tuple[str, int, int]) -> str:
-    return f"generator {model[0]!r} with blocks={model[1]}, width={model[2]}"
+def _model_mismatch(where: str, saved: tuple[str, int, int], wanted: tuple[str, int, int],
+                    asks: str, then: str = "") -> errors.ConfigError:
+    """The one line for a checkpoint whose model is not the config's: the flags to pass."""
+    def describe(m):
+        return f"generator {m[0]!r} with blocks={m[1]}, width={m[2]}"
 
-
-def model_flags(model: tuple[str, int, int]) -> str:
-    return (f"--config.model.generator={model[0]} --config.model.blocks={model[1]} "
-            f"--config.model.width={model[2]}")
+    return errors.ConfigError(
+        f"{where} holds {describe(saved)}, but {asks} {describe(wanted)}: set "
+        f"--config.model.generator={saved[0]} --config.model.blocks={saved[1]} "
+        f"--config.model.width={saved[2]} to match{then}")
 
 
 def abstract_pure_state(module: nnx.Module, sharding: jax.sharding.Sharding | None = None) -> dict:
@@ -296,10 +299,8 @@ def _read_models(directory, step, dtype, expect, with_discriminator, sharding):
         meta = read_meta(mngr, step)
         model = saved_model(meta)
         if expect is not None and model != tuple(expect):
-            raise errors.ConfigError(
-                f"{directory / str(step) / META} holds {describe_model(model)}, but the config "
-                f"asks for {describe_model(expect)}: set {model_flags(model)} to match"
-            )
+            raise _model_mismatch(f"{directory / str(step) / META}", model, tuple(expect),
+                                  "the config asks for")
         # Built abstractly: running the initialisers eagerly would cost far more than the restore.
         g = _restore_module(
             mngr, step, GENERATOR,
@@ -392,7 +393,7 @@ def save_train_state(
 
     step = int(jax.device_get(state["step"]))
     meta = generator_meta(config.model.generator, config.model.blocks, "isnet-jax training",
-                          config_model(config)[2])
+                          config.model.width)
     # What the data loader's saved position depends on (checked before a resume).
     meta["data"] = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
     items = {
@@ -463,11 +464,8 @@ def check_resumable(mngr: ocp.CheckpointManager, step: int, config) -> bool:
     where = f"the checkpoint of step {step} in {mngr.directory}"
     model = saved_model(meta)
     if model != config_model(config):
-        raise errors.ConfigError(
-            f"{where} holds {describe_model(model)}, but this config has "
-            f"{describe_model(config_model(config))}: set {model_flags(model)} to match, or use "
-            "a new workdir."
-        )
+        raise _model_mismatch(where, model, config_model(config), "this config has",
+                              ", or use a new workdir.")
     if meta.get("format", 1) < FORMAT_VERSION:
         raise errors.ConfigError(
             f"{where} was written by an older isnet-jax, whose optimiser state this version "

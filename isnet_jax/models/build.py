@@ -9,7 +9,6 @@ from flax import nnx
 from isnet_jax import errors, weights
 from isnet_jax.models import registry
 from isnet_jax.models.discriminator import Discriminator
-from isnet_jax.models.generator import WIDTH
 from isnet_jax.models.layers import init_weights
 from isnet_jax.models.vgg import VGG19, convert_torchvision, load_vgg19
 
@@ -46,7 +45,7 @@ def abstract_networks(config: ml_collections.ConfigDict) -> tuple[nnx.Module, nn
     draws would only be thrown away (and lengthen the initialiser's compilation)."""
     dtype = compute_dtype(config)
     g = nnx.eval_shape(lambda: registry.create_generator(
-        config.model.generator, config.model.blocks, width=config.model.get("width", WIDTH),
+        config.model.generator, config.model.blocks, width=config.model.width,
         dtype=dtype, remat=config.remat, rngs=nnx.Rngs(0)))
     return g, nnx.eval_shape(lambda: Discriminator(dtype=dtype, rngs=nnx.Rngs(0)))
 

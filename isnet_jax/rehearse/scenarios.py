@@ -578,7 +578,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--devices", type=int, default=2,
                         help="CPU devices per process (default 2: 4 x 2 is a v4-16)")
     parser.add_argument("--model", choices=sorted(MODELS), default="demo",
-                        help="demo: configs/demo.py's model (default); tiny: 32 px, as the tests")
+                        help="demo: configs/demo.py's model (default); tiny: 32 px at "
+                             "model.width 8, as the tests")
     parser.add_argument("--config", default="",
                         help="rehearse this config file instead of the demo's, e.g. "
                         "configs/places2.py: its model and losses (VGG19 from a local stand-in "
