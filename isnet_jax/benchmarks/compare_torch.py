@@ -4,13 +4,14 @@
         --peer=PATH/torch_isnet.py \\
         --resolution=256 --batch_size=1 --blocks=4 --rounds=3
 
-The yardstick (``--peer PATH``, not part of this repository) is: a PyTorch ISNet that does the
-release's work per step (G + D + four VGG19 passes, Adam). It runs in its own interpreter
-(``--torch_python``, a virtual environment with torch; this project's environment has none)
-as ``torch_isnet.py bench RES BATCH BLOCKS``, which prints seconds per training step and per
-generator forward. Ours is compiled once in this process (float32, random VGG19 weights, the
-same resolution, batch and blocks), then the two alternate, ``--rounds`` times, the order
-swapped every round so that a drift in machine load hits both alike. Reported: each round,
+The yardstick (``--peer PATH/torch_isnet.py``, a file of your own: none ships here) is a PyTorch
+ISNet that does the release's work per step (G + D + four VGG19 passes, Adam). It runs in its
+own interpreter (``--torch_python``, a virtual environment with torch; this project's
+environment has none) as ``torch_isnet.py bench RES BATCH BLOCKS``, which prints seconds per
+training step and per generator forward. Ours is compiled once in this process (float32, random
+VGG19 weights, the same resolution, batch and blocks), then the two alternate, ``--rounds``
+times, the order swapped every round so that a drift in machine load hits both alike. Reported:
+each round,
 the medians, and the ratios torch / ours (above 1: ours is faster). The last line is JSON.
 
 Only one of the two runs at a time, but other processes on the machine do skew both: the load
@@ -111,8 +112,8 @@ def define_flags() -> None:
     train_step.define_flags()
     flags.DEFINE_string("torch_python", "/tmp/torchenv/bin/python",
                         "Python interpreter with torch installed (the peer's environment).")
-    flags.DEFINE_string("peer", None, "Path of the PyTorch yardstick (a torch_isnet.py; not part "
-                        "of this repository).")
+    flags.DEFINE_string("peer", None, "PATH/torch_isnet.py, a PyTorch ISNet of your own that "
+                        "answers `bench RES BATCH BLOCKS` (none ships here).")
     flags.DEFINE_integer("rounds", 3, "Alternating rounds of torch and jax.")
 
 

@@ -243,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--torch-python", default=None,
                         help="python of an environment with torch: adds the torch row")
     parser.add_argument("--peer", type=pathlib.Path, default=None,
-                        help="the PyTorch yardstick (a torch_isnet.py; not part of this "
-                        "repository): needed for the torch row")
+                        help="PATH/torch_isnet.py, a PyTorch ISNet of your own that defines "
+                        "Generator(blocks) (none ships here): needed for the torch row")
     args = parser.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.runtimes = [r for r in args.runtimes.split(",") if r]
