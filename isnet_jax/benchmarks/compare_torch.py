@@ -11,8 +11,8 @@ environment has none) as ``torch_isnet.py bench RES BATCH BLOCKS``, which prints
 training step and per generator forward. Ours is compiled once in this process (float32, random
 VGG19 weights, the same resolution, batch and blocks), then the two alternate, ``--rounds``
 times, the order swapped every round so that a drift in machine load hits both alike. Reported:
-each round,
-the medians, and the ratios torch / ours (above 1: ours is faster). The last line is JSON.
+each round, the medians, and the ratios torch / ours (above 1: ours is faster). The last line is
+JSON.
 
 Only one of the two runs at a time, but other processes on the machine do skew both: the load
 average is recorded with every measurement.
