@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 from helpers.paths import GOLDEN_ARCHIVE, TRAIN_GOLDEN_ARCHIVE, data_file
+from helpers.tiny import TINY_WIDTH
 
 
 def _unpacked(archive: pathlib.Path, marker: str) -> pathlib.Path:
@@ -53,15 +54,18 @@ def train_golden_dir() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> pathlib.Path:
-    """A model-only checkpoint of a random Generator(blocks=1): what the inference tests run."""
+    """A model-only checkpoint of a random Generator(blocks=1) of the tests' width
+    (``TINY_WIDTH``): what the inference tests run."""
     from flax import nnx
 
     from isnet_jax import checkpoint
     from isnet_jax.models import Generator
 
     directory = tmp_path_factory.mktemp("tiny") / "ckpt"
-    generator = Generator(1, rngs=nnx.Rngs(0))
-    checkpoint.write_models(directory, 0, checkpoint.generator_meta("isnet", 1, "test"), generator)
+    generator = Generator(1, width=TINY_WIDTH, rngs=nnx.Rngs(0))
+    checkpoint.write_models(directory, 0,
+                            checkpoint.generator_meta("isnet", 1, "test", width=TINY_WIDTH),
+                            generator)
     return directory
 
 

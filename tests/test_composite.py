@@ -66,7 +66,7 @@ def test_every_composite_path_gives_the_releases_composite(golden_dir, tmp_path)
     got: dict[str, np.ndarray] = {}
 
     # Training: the step's train PSNR and L1 are of its composite.
-    config = tiny_config(**{"model.blocks": 2, "init_from": str(converted),
+    config = tiny_config(**{"model.blocks": 2, "model.width": 32, "init_from": str(converted),
                             "image_size": image.shape[1], "batch_size": len(image)})
     trainer = train.Trainer(config, sharding.create_mesh(config.get("mesh")))
     state = {**trainer.init_state(), **trainer.read_weights(config.init_from)}

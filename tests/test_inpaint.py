@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 import pytest
 from helpers.processes import start_until
+from helpers.tiny import TINY_WIDTH
 from PIL import Image
 
 from isnet_jax import checkpoint, cli, inpaint
@@ -435,7 +436,8 @@ def test_a_damaged_newest_step_is_skipped_and_asking_for_it_is_one_line(
     ckpt = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint, ckpt)  # step 0
     generator, _ = checkpoint.restore_generator(ckpt)
-    checkpoint.write_models(ckpt, 1, checkpoint.generator_meta("isnet", 1, "test"), generator)
+    checkpoint.write_models(ckpt, 1, checkpoint.generator_meta("isnet", 1, "test",
+                                                                width=TINY_WIDTH), generator)
     data = sorted((ckpt / "1" / "generator").rglob("d/*"), key=lambda p: p.stat().st_size)
     data[-1].unlink()
     image, mask = tmp_path / "photo.png", tmp_path / "mask.png"

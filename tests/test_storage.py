@@ -180,11 +180,11 @@ def test_gs_workdir_trains_resumes_evaluates_and_serves_inpaint_and_init_from(
     assert np.any(result[20:40, 24:44] != np.asarray(Image.open(photo))[20:40, 24:44])
 
     # config.init_from=gs://...@STEP: the weights a fine-tuning run starts from.
-    from helpers.tiny import TINY_WIDTH, tiny_config
+    from helpers.tiny import tiny_config
 
     from isnet_jax import sharding
 
-    config = tiny_config(**{"model.width": TINY_WIDTH})  # the width the CLI runs above trained
+    config = tiny_config()
     trainer = train_lib.Trainer(config, sharding.create_mesh(config.mesh))
     weights = trainer.read_weights(f"{workdir}@4")
     generator, meta = checkpoint.restore_generator(local, 4)

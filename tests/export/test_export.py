@@ -171,7 +171,8 @@ def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, ca
 
     from isnet_jax import sharding, train
 
-    config = tiny_config(**{"model.blocks": 2, "init_from": str(release_checkpoint)})
+    config = tiny_config(**{"model.blocks": 2, "model.width": 32,
+                            "init_from": str(release_checkpoint)})
     trainer = train.Trainer(config, sharding.create_mesh(config.get("mesh")))
     state = {**trainer.init_state(), **trainer.read_weights(config.init_from)}
     workdir = tmp_path / "run"

@@ -22,9 +22,10 @@ TINY_FLAGS = [
 
 
 def tiny_config(**overrides):
-    """The demo config shrunk to test size: ISNet blocks=1 at 32 px, batch 2, no VGG, and
-    the release's recipe (init, Adam, G's adversarial and feature-matching terms) in place of
-    the demo's, so that the step's tests see every term."""
+    """The demo config shrunk to test size: ISNet blocks=1 at ``TINY_WIDTH`` (the CLI runs'
+    model), 32 px, batch 2, no VGG, and the release's recipe (init, Adam, G's adversarial and
+    feature-matching terms) in place of the demo's, so that the step's tests see every term.
+    A test that loads the release's weights passes ``model.width=32``."""
     from isnet_jax.configs import default, demo
 
     config = demo.get_config()
@@ -32,8 +33,9 @@ def tiny_config(**overrides):
     settings = {key: release[key] for key in ("model.init", "model.init_scale", "beta1",
                                               "loss.adversarial_weight",
                                               "loss.feature_matching_weight")}
-    settings.update(image_size=32, batch_size=2, num_train_steps=4, log_every_steps=2,
-                    image_every_steps=0, checkpoint_every_steps=2, eval_every_steps=0)
+    settings.update({"model.width": TINY_WIDTH}, image_size=32, batch_size=2, num_train_steps=4,
+                    log_every_steps=2, image_every_steps=0, checkpoint_every_steps=2,
+                    eval_every_steps=0)
     settings.update({"data.num_workers": 0, "data.skimage_num_images": 64})
     # The demo's schedule (a 50-step warm-up, cosine) would leave 4 steps at lr ~0: the steps'
     # tests keep the constant 2e-4 they were written for.
