@@ -3,8 +3,9 @@ docs/, run with ``--dry-run``, gives an ``isnet_jax.main`` command that trains h
 
 The plan's command is run as printed (the paper config, VGG19 on and fetched on first use from
 a local stand-in for its publisher), with only the changes in ``LOCAL`` and ``where_it_runs``:
-the data, image size, steps and batch, and what a cluster would provide (the workdir, the
-interpreter, the process discovery). ``tests/test_launch.py`` checks the plans themselves.
+the data, image size, steps, batch and model size, and what a cluster would provide (the
+workdir, the interpreter, the process discovery). ``tests/test_launch.py`` checks the plans
+themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 import pytest
 from helpers import tiny_dataset
 from helpers.launch import batch_script, find, flag, plan, remote_main
+from helpers.tiny import TINY_WIDTH
 
 from isnet_jax import weights
 from isnet_jax.rehearse.weights_server import serve, write_table
@@ -27,12 +29,16 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("**/*.md"))]
 
 # What a local run changes in a documented command, and nothing else: the data (the tiny
-# ArrayRecord dataset in TFDS_DATA_DIR), the image size, the steps and the batch.
+# ArrayRecord dataset in TFDS_DATA_DIR), the image size, the steps, the batch and the model's
+# size (one block at the tests' width: what is tested is the launch, and the release's four
+# blocks compile for a minute; tests/test_weights.py starts the paper config at full size).
 LOCAL = [
     f"--config.data.name={tiny_dataset.NAME}",
     "--config.image_size=32",
     "--config.num_train_steps=2",
     "--config.batch_size=2",
+    "--config.model.blocks=1",
+    f"--config.model.width={TINY_WIDTH}",
 ]
 
 
