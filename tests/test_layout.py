@@ -19,6 +19,7 @@ import sysconfig
 import zipfile
 
 import pytest
+from helpers.tiny import TINY_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "isnet_jax"
@@ -174,13 +175,12 @@ def test_a_wheel_installs_only_isnet_jax_and_runs_the_demo_from_anywhere(tmp_pat
     assert where.stdout.split() == [f"{venv}/lib/python{sys.version_info[0]}."
                                     f"{sys.version_info[1]}/site-packages/isnet_jax/__init__.py",
                                     "None"], where.stdout
+    # The tests' tiny run (its programs are in the compilation cache), no --config.
     run = subprocess.run(
-        [python, "-m", "isnet_jax.main", "--workdir=run", "--config.num_train_steps=3",
-         "--config.image_size=32", "--config.batch_size=2", "--config.log_every_steps=1",
-         "--config.image_every_steps=0", "--config.checkpoint_every_steps=3",
-         "--config.eval_every_steps=0"],
+        [python, "-m", "isnet_jax.main", "--workdir=run", "--config.num_train_steps=4",
+         *TINY_FLAGS, "--config.eval.num_images_final=4"],
         cwd=elsewhere, env=dict(env, PYTHONUNBUFFERED="1"), capture_output=True, text=True,
         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "step 3/3" in run.stderr
-    assert (elsewhere / "run" / "checkpoints" / "3").is_dir()
+    assert "step 4/4" in run.stderr
+    assert (elsewhere / "run" / "checkpoints" / "4").is_dir()
