@@ -392,11 +392,7 @@ def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfd
         assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
         assert _files(cache) == [f"vgg19-{weights_server.sha256(vgg19_file)[:8]}/vgg19.npz"]
 
-        # A second run (resuming the first) fetches nothing.
-        out = _main(*as_typed, f"--workdir={workdir}", *data_size_steps, env=env)
-        assert out.returncode == 0, out.stderr[-3000:]
-        assert "Resuming from the checkpoint of step 2" in out.stderr
-        assert server.requests == {"vgg19-dcbb9e9d.pth": 1}
+        # (A second fetch reads the cache: test_a_gs_cache_is_written_once_and_read.)
 
         # The server stopped and an empty cache: one line naming the file, its URL and where
         # to put it; nothing partial, no workdir.
@@ -414,28 +410,26 @@ def test_the_paper_config_starts_as_typed_fetching_vgg19_once(tmp_path, tiny_tfd
 
 
 @pytest.mark.slow
-def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, tiny_checkpoint):
-    """``--mode=eval`` with ``fid_weights=inception`` and ``lpips_net=alex``, no paths: their
-    files are fetched once, and the table has the FID and LPIPS rows."""
+def test_eval_turns_fid_and_lpips_on_by_name(tmp_path, monkeypatch):
+    """``fid_weights=inception`` and ``lpips_net=alex``, no paths: what ``--mode=eval`` loads
+    before evaluating fetches their files once, and both metrics are on. (The eval's table with
+    those rows: tests/docs/test_doc_readme.py, with the same files given by path.)"""
     from helpers.fid_lpips_weights import write_weight_files
-    from helpers.tiny import TINY_FLAGS
+    from helpers.tiny import tiny_config
+
+    from isnet_jax import sharding
+    from isnet_jax.evaluators import fid_lpips
 
     published = write_weight_files(tmp_path / "published")
     files = {"inception": published["inception"], "alexnet": published["alexnet"],
              "lpips_alex": published["lin_alex"]}
-    by_name = ["--config.eval.fid_weights=inception", "--config.eval.lpips_net=alex"]
+    config = tiny_config(**{"eval.fid_weights": "inception", "eval.lpips_net": "alex"})
     with serve(files) as server:
-        env = _env(**{weights.CACHE_VARIABLE: str(tmp_path / "cache"), weights.TABLE_VARIABLE:
-                      str(write_table(tmp_path / "table.json", server, files))})
-        out = _main(f"--workdir={tmp_path / 'eval'}", "--mode=eval",
-                    f"--checkpoint={tiny_checkpoint}", "--config.num_train_steps=4", *TINY_FLAGS,
-                    "--config.eval.num_images_final=4", "--config.eval.fid_method=eigh",
-                    "--config.eval.classical_baselines=", *by_name, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    for row in ("| FID |", "| FID, mean-colour fill |", "| LPIPS (alex) |"):
-        assert row in out.stdout, row
-    notes = [line for line in out.stdout.splitlines() if "not computed" in line]
-    assert not any("FID" in line or "LPIPS" in line for line in notes), notes
+        monkeypatch.setenv(weights.CACHE_VARIABLE, str(tmp_path / "cache"))
+        monkeypatch.setenv(weights.TABLE_VARIABLE,
+                           str(write_table(tmp_path / "table.json", server, files)))
+        perceptual = fid_lpips.PerceptualMetrics.from_config(config, sharding.create_mesh(None))
+    assert perceptual.fid and perceptual.lpips and perceptual.not_computed() == ""
     assert server.requests == {"pt_inception-2015-12-05-6726825d.pth": 1,
                                "alexnet-owt-7be5be79.pth": 1, "lpips-v0.1-alex.pth": 1}
     assert sorted(_files(tmp_path / "cache")) == sorted(
