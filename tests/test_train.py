@@ -127,15 +127,13 @@ _SHARDED = textwrap.dedent(
     from helpers.tiny import tiny_config
     from isnet_jax import sharding, train
 
-    assert jax.device_count() == 8, jax.devices()
-    # Seed 0 draws a D whose real and fake terms cancel to float32 rounding: its gradients
-    # then differ by 1.2e-2 between any two reduction orders and 1 % of the elements flip
-    # Adam's sign, so the comparison would measure rounding, not sharding. Seeds 1 and 2
-    # measure d_grad 7e-6 / 3e-6, param_outliers 2e-5 / 1e-6.
-    config = tiny_config(batch_size=8, seed=1)
+    assert jax.device_count() == 2, jax.devices()
+    # One image per device: the batch's means become all-reduces across the two. (Its
+    # one-device step is every tiny_config test's program, from the compilation cache.)
+    config = tiny_config(seed=1)
     rng = np.random.default_rng(0)
-    image = rng.random((2, 8, 32, 32, 3), np.float32)
-    mask = (rng.random((2, 8, 32, 32, 1)) > 0.4).astype(np.float32)
+    image = rng.random((2, 2, 32, 32, 3), np.float32)
+    mask = (rng.random((2, 2, 32, 32, 1)) > 0.4).astype(np.float32)
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = sharding.create_mesh(config.mesh, devices=devices)
@@ -145,9 +143,9 @@ _SHARDED = textwrap.dedent(
             batch = [jax.device_put(a[i], trainer.batch_sharding) for a in (image, mask)]
             state, metrics, _ = trainer.train_step(state, trainer.vgg_state, *batch)
         results.append((jax.device_get(state), jax.device_get(metrics.compute())))
-    (s1, m1), (s8, m8) = results
-    distance = step_distance(s1, s8, config.learning_rate)
-    loss_rel = max(abs(float(m1[k]) - float(m8[k])) / max(1e-6, abs(float(m1[k])))
+    (s1, m1), (s2, m2) = results
+    distance = step_distance(s1, s2, config.learning_rate)
+    loss_rel = max(abs(float(m1[k]) - float(m2[k])) / max(1e-6, abs(float(m1[k])))
                    for k in m1)
     print(json.dumps({**distance, "loss_rel": loss_rel}))
     """
@@ -155,8 +153,8 @@ _SHARDED = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+def test_sharded_step_on_2_devices_matches_one_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     script = tmp_path / "sharded.py"
     script.write_text(_SHARDED)
     out = subprocess.run(
@@ -171,14 +169,14 @@ def test_sharded_step_on_8_devices_matches_one_device(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(result)
     # Two steps: the second step's gradients are taken at parameters that may differ in the
-    # few ill-conditioned elements step_distance describes (see tests/rehearse/test_rehearse.py).
-    # On a 2-core AMD EPYC (Zen 4) VM the second step moved 0.27 % of the elements by more than
-    # lr / 100 and the power-iteration vectors by 3.6e-4 (2026-12-06; under 1e-4 on the Xeons
-    # before): Adam's sign on near-zero gradients, whose rounding differs with the CPU's BLAS.
-    # The gradients and losses themselves stay within the bounds above on both.
+    # few ill-conditioned elements step_distance describes (see tests/rehearse/test_rehearse.py),
+    # where Adam's sign on a near-zero gradient follows the rounding of the CPU's BLAS. On a
+    # 2-core AMD EPYC (Zen 4) VM, seeds 0, 1 and 2 gave g_grad 2-5e-5, d_grad 2-5e-6, spectral
+    # 1-3e-5 and param_outliers 7e-7 to 2.5e-6 (2026-12-06): the bounds leave room for another
+    # CPU's rounding.
     assert result["g_grad"] < 1e-2 and result["d_grad"] < 5e-2, result
     assert result["spectral"] < 1e-3 and result["loss_rel"] < 1e-5, result
-    assert result["param_outliers"] < 1e-2, result
+    assert result["param_outliers"] < 1e-3, result
 
 
 def _one_step(config, seed: int) -> tuple[dict, dict]:
