@@ -53,10 +53,11 @@ LOST_HOST_BOUND_S = 45
 
 # Sizes: "tiny" for the tests (32 px, ISNet blocks=1 at a quarter of the release's width: 1/16
 # of its parameters, so that the hosts' gradient all-reduces, saves and restores are quick; the
-# release's init), "demo" the demo config's model (64 px) as a user would first try.
+# release's init and constant learning rate, so that runs of any length share one compiled
+# step), "demo" the demo config's model (64 px) as a user would first try.
 MODELS: dict[str, dict[str, Any]] = {
     "tiny": {"image_size": 32, "model.width": 8, "model.init": "release",
-             "model.init_scale": 0.001},
+             "model.init_scale": 0.001, "lr_schedule": "constant", "warmup_steps": 0},
     "demo": {},
 }
 # A config from configs/ (--config) at a size these CPUs train in minutes: its own model and

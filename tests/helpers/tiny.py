@@ -4,12 +4,17 @@ compilation cache serves them all."""
 from __future__ import annotations
 
 # The command-line form of a tiny run (with --config.num_train_steps): the same programs in every
-# test that starts one, so the compilation cache serves them all.
+# test that starts one, so the compilation cache serves them all. At 32 px compiling costs more
+# than training: a constant learning rate keeps the step count out of the step's program (the
+# demo's cosine schedule bakes it in), so runs of any length share it; tests/test_optim.py tests
+# the schedules.
 # ISNet at a quarter of the release's width (model.width): 1/16 of the parameters, so that the
 # steps, saves and restores of these runs cost little beside what they check.
 TINY_WIDTH = 8
 TINY_FLAGS = [
     f"--config.model.width={TINY_WIDTH}",
+    "--config.lr_schedule=constant",
+    "--config.warmup_steps=0",
     "--config.image_size=32",
     "--config.batch_size=2",
     "--config.log_every_steps=2",
