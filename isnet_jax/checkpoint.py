@@ -392,8 +392,8 @@ def save_train_state(
     import grain
 
     step = int(jax.device_get(state["step"]))
-    meta = generator_meta(config.model.generator, config.model.blocks, "isnet-jax training",
-                          config.model.width)
+    name, blocks, width = config_model(config)
+    meta = generator_meta(name, blocks, "isnet-jax training", width)
     # What the data loader's saved position depends on (checked before a resume).
     meta["data"] = {"num_workers": config.data.num_workers, "process_count": jax.process_count()}
     items = {

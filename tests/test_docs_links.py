@@ -3,6 +3,7 @@ and a ``#fragment`` one of that page's headings: the documents point at nothing 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import pytest
@@ -13,6 +14,7 @@ _CODE = re.compile(r"```.*?```", re.S)
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
+@functools.cache  # a page is the target of many links
 def _headings(path) -> set[str]:
     """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces to '-'."""
     text = _CODE.sub("", path.read_text())
