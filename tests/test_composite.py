@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from helpers.tiny import tiny_config
 
-from isnet_jax import checkpoint, convert, evaluate, export, masks, sharding, train
+from isnet_jax import checkpoint, convert, evaluate, export, masks, models, sharding, train
 from isnet_jax.evaluators import metrics, sheets
 from isnet_jax.inpainter import to_uint8
 
@@ -66,8 +66,9 @@ def test_every_composite_path_gives_the_releases_composite(golden_dir, tmp_path)
     got: dict[str, np.ndarray] = {}
 
     # Training: the step's train PSNR and L1 are of its composite.
-    config = tiny_config(**{"model.blocks": 2, "model.width": 32, "init_from": str(converted),
-                            "image_size": image.shape[1], "batch_size": len(image)})
+    config = tiny_config(**{"model.blocks": 2, "model.width": models.WIDTH,
+                            "init_from": str(converted), "image_size": image.shape[1],
+                            "batch_size": len(image)})
     trainer = train.Trainer(config, sharding.create_mesh(config.get("mesh")))
     state = {**trainer.init_state(), **trainer.read_weights(config.init_from)}
     _, step_metrics, _ = trainer.train_step(state, trainer.vgg_state, image, mask)

@@ -9,7 +9,7 @@ import logging
 import pytest
 from helpers.tiny import tiny_config
 
-from isnet_jax import checkpoint, convert, train
+from isnet_jax import checkpoint, convert, models, train
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def official(golden_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_init_from_problems_name_the_file_and_key(official, tmp_path):
-    config = tiny_config(init_from=str(tmp_path / "nope"), **{"model.width": 32})
+    config = tiny_config(init_from=str(tmp_path / "nope"), **{"model.width": models.WIDTH})
     with pytest.raises(FileNotFoundError, match="no Orbax checkpoint found at .*nope"):
         train.train_and_evaluate(config, str(tmp_path / "a"))
 
@@ -50,7 +50,7 @@ def test_init_from_problems_name_the_file_and_key(official, tmp_path):
 def test_init_from_without_discriminator_warns(golden_dir, tmp_path, caplog):
     only_g = tmp_path / "only_g"
     convert.convert(only_g, generator=golden_dir / "InpaintingModel_gen.pth")
-    config = tiny_config(init_from=str(only_g), **{"model.width": 32})
+    config = tiny_config(init_from=str(only_g), **{"model.width": models.WIDTH})
     config.model.blocks = 2
     from isnet_jax import sharding
 

@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import pytest
 
-from isnet_jax import checkpoint, convert, export
+from isnet_jax import checkpoint, convert, export, models
 from isnet_jax.export import __main__ as export_cli
 from isnet_jax.inpainter import Inpainter, to_uint8
 
@@ -171,7 +171,7 @@ def test_exports_from_a_training_workdir(release_checkpoint, cases, tmp_path, ca
 
     from isnet_jax import sharding, train
 
-    config = tiny_config(**{"model.blocks": 2, "model.width": 32,
+    config = tiny_config(**{"model.blocks": 2, "model.width": models.WIDTH,
                             "init_from": str(release_checkpoint)})
     trainer = train.Trainer(config, sharding.create_mesh(config.get("mesh")))
     state = {**trainer.init_state(), **trainer.read_weights(config.init_from)}

@@ -41,6 +41,7 @@ from PIL import Image
 from helpers import tiny_dataset
 from helpers.paths import REPO
 from helpers.tiny import TINY_FLAGS
+from isnet_jax.models import WIDTH
 
 SHELL_LANGUAGES = ("bash", "sh", "shell", "console")
 KINDS = ("run", "dry-run", "install", "skip", "same")
@@ -77,7 +78,7 @@ TINY = [*TINY_FLAGS, "--config.num_train_steps=4", "--config.eval.num_images_fin
 # Added for the release's configs (a --config= other than the demo's): the golden generator's
 # block count and width, which init_from and --checkpoint need (blocks: half the release's 4 to
 # compile).
-RELEASE_CONFIG_TINY = ["--config.model.blocks=2", "--config.model.width=32"]
+RELEASE_CONFIG_TINY = ["--config.model.blocks=2", f"--config.model.width={WIDTH}"]
 
 _FENCE = re.compile(r"^```(\S*)\s*$")
 _MARKER = re.compile(r"^<!--\s*doc-test:\s*(.*?)\s*-->$")

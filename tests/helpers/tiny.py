@@ -30,7 +30,7 @@ def tiny_config(**overrides):
     """The demo config shrunk to test size: ISNet blocks=1 at ``TINY_WIDTH`` (the CLI runs'
     model), 32 px, batch 2, no VGG, and the release's recipe (init, Adam, G's adversarial and
     feature-matching terms) in place of the demo's, so that the step's tests see every term.
-    A test that loads the release's weights passes ``model.width=32``."""
+    A test that loads the release's weights passes ``model.width=models.WIDTH`` (32)."""
     from isnet_jax.configs import default, demo
 
     config = demo.get_config()
