@@ -186,6 +186,7 @@ def test_release_initialisation_statistics(build):
         assert np.mean(cosines) < 0.2, np.mean(cosines)
 
 
+@pytest.mark.slow  # D's eager build and a QR per kernel: 6-13 s
 def test_orthogonal_initialisation_makes_every_kernel_an_isometry():
     d = models.Discriminator(rngs=nnx.Rngs(0))  # wide (64 x 48) and tall (1 x 8192) matrices
     d = models.init_weights(d, "orthogonal", 0.02, rngs=nnx.Rngs(1))
