@@ -125,11 +125,14 @@ def pytest_configure(config):
     cache = pathlib.Path(tempfile.gettempdir()) / "isnet_jax_test_jax_cache"
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    # Bounded as the commands' (compilation_cache.MAX_BYTES): JAX writes an access time beside
-    # each program only then, and a bounded writer fails on any program without one.
+    # Bounded as the commands' (compilation_cache.MAX_BYTES), here and in every subprocess,
+    # plain JAX scripts included: JAX writes an access time beside each program only then,
+    # and a bounded writer fails on any program without one (the commands mend the folder as
+    # they start, a test worker would fail every later write: 94 warnings in a cold run).
     from isnet_jax import compilation_cache
 
     jax.config.update("jax_compilation_cache_max_size", compilation_cache.MAX_BYTES)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(compilation_cache.MAX_BYTES))
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     # What the commands keep between runs (compilation_cache.py) stays out of ~/.cache.
