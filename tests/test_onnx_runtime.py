@@ -107,19 +107,18 @@ def test_auto_runs_onnxruntime_on_the_cpu_and_the_model_is_made_once(release, tm
                               np.asarray(Image.open(tmp_path / "second" / f"{name}.png")))
 
 
-@pytest.mark.slow  # an eager Generator's first build compiles its initialisers: 8-9 s
-def test_the_key_is_the_weights_content(tmp_path):
+def test_the_key_is_the_weights_content(tiny_checkpoint, tmp_path):
     from flax import nnx
 
     from isnet_jax import checkpoint
     from isnet_jax.models import Generator
 
-    # The tests' width: the key reads whatever weights there are.
+    # tiny_checkpoint's generator (its width and seed), and the same weights in a second folder.
     generator = Generator(1, width=TINY_WIDTH, rngs=nnx.Rngs(0))
-    meta = checkpoint.generator_meta("isnet", 1, "test", width=TINY_WIDTH)
-    for name in ("a", "b"):
-        checkpoint.write_models(tmp_path / name, 0, meta, generator)
-    restored = [checkpoint.restore_generator(tmp_path / name)[0] for name in ("a", "b")]
+    checkpoint.write_models(tmp_path / "b", 0,
+                            checkpoint.generator_meta("isnet", 1, "test", width=TINY_WIDTH),
+                            generator)
+    restored = [checkpoint.restore_generator(path)[0] for path in (tiny_checkpoint, tmp_path / "b")]
     keys = {onnx_runtime.content_key(g) for g in [generator, *restored]}
     assert len(keys) == 1  # the same weights from two folders
     assert onnx_runtime.content_key(Generator(1, width=TINY_WIDTH, rngs=nnx.Rngs(1))) not in keys
